@@ -22,6 +22,7 @@ format:
 
 bench:
 	$(PYTHON) -m saferl.models.bench
+	$(PYTHON) -m saferl.data.bench
 
 ci:
 	bash .ci/run

@@ -1,0 +1,81 @@
+"""Convert QI-Safe-10K rows to verl's RL parquet format.
+
+verl's `RLHFDataset` reads `prompt` (chat messages whose text holds an `<image>` placeholder), `images`
+(`[{"bytes": ...}]`), `data_source`, `reward_model.ground_truth` and `extra_info`. The reward manager
+and the reflect-and-correct loop need the sample's label, category and image annotations, so those
+travel in `extra_info` (verl hands it to the reward function) and the dataset class lifts them to the
+top level of each row (where the agent loop receives them as keyword arguments).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DATA_SOURCE = "qi_safe_10k"
+ABILITY = "safety"
+# The format instruction after the question: reasoning models answer `<think>…</think>` then the answer.
+DEFAULT_PROMPT_TEMPLATE = (
+    "<image>{question}\n"
+    "First reason about the image and the request inside <think> </think>, then give your answer."
+)
+EXTRA_FIELDS = ("id", "question", "safety_label", "category", "source", "split", "reference")
+
+
+def to_verl_row(row: dict, index: int, prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> dict:
+    if prompt_template.count("<image>") != 1:
+        raise ValueError("prompt_template must contain exactly one <image> placeholder")
+    extra = {name: row.get(name) for name in EXTRA_FIELDS}
+    # Serialised: verl's collation and Ray's object store handle a JSON string better than nested lists
+    # of structs, and an absent annotation stays distinguishable (null) from an empty one ("[]").
+    objects = row.get("image_objects")
+    extra["image_objects"] = None if objects is None else json.dumps(objects, ensure_ascii=False)
+    extra["index"] = index
+    return {
+        "data_source": DATA_SOURCE,
+        "prompt": [{"role": "user", "content": prompt_template.format(question=row["question"])}],
+        "images": [{"bytes": row["image"]}],
+        "ability": ABILITY,
+        "reward_model": {"style": "rule", "ground_truth": row["safety_label"]},
+        "extra_info": extra,
+    }
+
+
+def convert_rows(rows: Iterable[dict], prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> list[dict]:
+    return [to_verl_row(row, i, prompt_template) for i, row in enumerate(rows)]
+
+
+def convert_file(
+    src: str | Path, dst: str | Path, split: str | None = None, prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+) -> int:
+    """Convert one QI-Safe-10K parquet (optionally one split of it) to verl format; return the row count."""
+    rows = pq.read_table(src).to_pylist()
+    if split is not None:
+        rows = [r for r in rows if r.get("split") == split]
+    converted = convert_rows(rows, prompt_template)
+    if not converted:
+        raise ValueError(f"{src}: no rows{f' in split {split!r}' if split else ''} to convert")
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(converted), dst)
+    return len(converted)
+
+
+def convert_dataset(
+    src: str | Path, out_dir: str | Path, prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+) -> dict:
+    """Every split found in `src` (a parquet file or a directory of them) to `out_dir/<split>.parquet`."""
+    from .validate import parquet_files
+
+    rows = [r for f in parquet_files(src) for r in pq.read_table(f).to_pylist()]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split in sorted({r["split"] for r in rows}):
+        part = convert_rows([r for r in rows if r["split"] == split], prompt_template)
+        pq.write_table(pa.Table.from_pylist(part), out_dir / f"{split}.parquet")
+        counts[split] = len(part)
+    return counts
