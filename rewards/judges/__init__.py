@@ -1,0 +1,35 @@
+"""Judges behind one interface (`rewards.judge.Judge`), chosen by `saferl.reward.judge.kind`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..rubric import Rubric
+
+KINDS = ("rule", "openai", "hf")
+
+
+def build_judge(judge_cfg: Any, rubric: Rubric) -> Any:
+    """The judge named by `judge_cfg.kind`, built from its own sub-node (`judge_cfg.<kind>`)."""
+    cfg = (
+        OmegaConf.to_container(judge_cfg, resolve=True)
+        if isinstance(judge_cfg, DictConfig)
+        else dict(judge_cfg)
+    )
+    kind = cfg.get("kind")
+    options = dict(cfg.get(kind) or {})
+    if kind == "rule":
+        from .rule import RuleJudge
+
+        return RuleJudge(rubric, **options)
+    if kind == "openai":
+        from .openai import OpenAIJudge
+
+        return OpenAIJudge(rubric, **options)
+    if kind == "hf":
+        from .hf import HFJudge
+
+        return HFJudge(rubric, **options)
+    raise ValueError(f"saferl.reward.judge.kind must be one of {KINDS}, got {kind!r}")

@@ -1,0 +1,110 @@
+"""The reward of a batch of trajectories: injection guard, then the judge, then the rubric.
+
+This is what every consumer calls (verl's reward loop, the local engine, the command line, QI
+curation), so a sample's score means the same thing everywhere. Judge failures are never turned into a
+score here silently: a failed sample carries `judge_error` and the fault policy's per-sample score
+(neutral, or NaN = excluded from the advantage), and `check_batch` fails a batch with too many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from omegaconf import DictConfig
+
+from .faults import JUDGE_FAILURE, FaultPolicy, check_failure_fraction
+from .guard import InjectionGuard
+from .judge import Judge, JudgeInput
+from .judges import build_judge
+from .rubric import Rubric, aggregate, load_reward_config, rubric_from_config
+
+
+@dataclass
+class ScoredSample:
+    id: str
+    score: float  # the final scalar; NaN when the judge failed and the policy excludes the sample
+    criteria: dict[str, float] = field(default_factory=dict)
+    penalties: dict[str, float] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    gated: bool = False
+    judge_error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.judge_error is not None
+
+
+class RewardScorer:
+    def __init__(self, rubric: Rubric, judge: Judge, faults: FaultPolicy | None = None) -> None:
+        self.rubric = rubric
+        self.judge = judge
+        self.faults = faults or FaultPolicy()
+        self.guard = InjectionGuard(rubric)
+        self.last_error: str | None = None
+
+    @classmethod
+    def from_config(cls, reward_cfg: DictConfig | None = None) -> RewardScorer:
+        """From the `saferl.reward` node (default: `conf/reward/default.yaml`)."""
+        cfg = reward_cfg if reward_cfg is not None else load_reward_config()
+        rubric = rubric_from_config(cfg.rubric)
+        return cls(rubric, build_judge(cfg.judge, rubric), FaultPolicy(**cfg.faults))
+
+    @property
+    def name(self) -> str:
+        return self.judge.name
+
+    async def score(self, inputs: list[JudgeInput]) -> list[ScoredSample]:
+        scans = [self.guard.scan(item.response) for item in inputs]
+        verdicts = await self.judge.judge(
+            [replace(item, response=scan.text) for item, scan in zip(inputs, scans, strict=True)]
+        )
+        if len(verdicts) != len(inputs):
+            raise RuntimeError(
+                f"judge {self.judge.name} returned {len(verdicts)} verdicts for {len(inputs)} inputs"
+            )
+        out = []
+        for item, scan, verdict in zip(inputs, scans, verdicts, strict=True):
+            flags = sorted(set(verdict.flags) | set(scan.flags))
+            if verdict.failed:
+                self.last_error = verdict.error
+                out.append(
+                    ScoredSample(
+                        item.id,
+                        self.faults.failed_score(),
+                        flags=[*flags, JUDGE_FAILURE],
+                        judge_error=verdict.error,
+                    )
+                )
+                continue
+            breakdown = aggregate(verdict.criteria, flags, self.rubric)
+            out.append(
+                ScoredSample(
+                    item.id, breakdown.score, breakdown.criteria, breakdown.penalties, flags, breakdown.gated
+                )
+            )
+        return out
+
+    def score_sync(self, inputs: list[JudgeInput]) -> list[ScoredSample]:
+        return asyncio.run(self.score(inputs))
+
+    def check_batch(self, samples: list[ScoredSample]) -> None:
+        """Fail the step when this batch's failures pass the configured fraction."""
+        failed = sum(s.failed for s in samples)
+        check_failure_fraction(failed, len(samples), self.faults, self.judge.endpoint, self.last_error)
+
+
+def extra_info(sample: ScoredSample, rubric: Rubric) -> dict[str, Any]:
+    """The per-sample fields logged next to the score: every criterion and penalty, flags, the error.
+    The same keys for every sample (verl stacks them into arrays), failed ones included."""
+    info: dict[str, Any] = {"score": sample.score}
+    for name in rubric.names:
+        info[f"criterion/{name}"] = sample.criteria.get(name, float("nan"))
+    for name in rubric.penalties:
+        info[f"penalty/{name}"] = sample.penalties.get(name, 0.0)
+    info["gated"] = sample.gated
+    info["flags"] = ",".join(sample.flags)
+    info["judge_failed"] = sample.failed
+    info["judge_error"] = sample.judge_error or ""
+    return info

@@ -1,0 +1,101 @@
+"""The structured safety reward as a verl 0.9.1 reward manager: `reward.reward_manager.name=saferl_safety`.
+
+verl's default reward functions get the response text and a ground truth, never the image. This manager
+reads what the judge needs from the row (the `QISafeDataset` lifts question, label, category and
+image annotations to the top level; the image bytes travel in `raw_prompt`), scores through
+`RewardScorer`, and returns the scalar with every criterion, penalty and flag as extra info, which verl
+logs. Judge settings come from the trainer config's `saferl.reward` node.
+
+Failures: per sample the fault policy applies (NaN = excluded, which the `saferl_grpo` estimator
+honours; or a neutral score). verl hands the manager one sample at a time, so the per-batch check runs
+over a rolling window of this worker's most recent samples (`saferl.reward.faults.window`).
+"""
+
+from __future__ import annotations
+
+import io
+from collections import deque
+from typing import Any
+
+from omegaconf import OmegaConf
+from verl import DataProto
+from verl.experimental.reward_loop.reward_manager import register
+from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
+
+from .faults import check_failure_fraction
+from .judge import JudgeInput
+from .rubric import load_reward_config
+from .scorer import RewardScorer, extra_info
+
+NAME = "saferl_safety"
+
+
+def image_from_prompt(raw_prompt: Any) -> bytes | None:
+    """The first image of a chat prompt as encoded bytes (verl keeps `bytes` beside the PIL image)."""
+    for message in raw_prompt if raw_prompt is not None else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and part.get("type") == "image":
+                if part.get("bytes"):
+                    return part["bytes"]
+                image = part.get("image")
+                if image is not None and hasattr(image, "save"):
+                    buf = io.BytesIO()
+                    image.save(buf, format="PNG")
+                    return buf.getvalue()
+    return None
+
+
+def judge_input_from_row(row: dict[str, Any], response: str) -> JudgeInput:
+    """The judge's view of one dataset row: top-level fields first, `extra_info` as the fallback."""
+    extra = row.get("extra_info") or {}
+
+    def field(name: str) -> Any:
+        value = row.get(name)
+        return value if value is not None else extra.get(name)
+
+    objects = field("image_objects")
+    if isinstance(objects, str):
+        import json
+
+        objects = json.loads(objects)
+    return JudgeInput(
+        id=str(field("sample_id") or extra.get("id") or ""),
+        question=str(field("question") or ""),
+        response=response,
+        image=image_from_prompt(row.get("raw_prompt")),
+        safety_label=field("safety_label") or (row.get("reward_model") or {}).get("ground_truth"),
+        category=field("category"),
+        image_objects=list(objects) if objects is not None else None,
+    )
+
+
+@register(NAME)
+class SafetyRewardManager(RewardManagerBase):
+    def __init__(
+        self, config, tokenizer, compute_score=None, reward_router_address=None, reward_model_tokenizer=None
+    ):
+        super().__init__(config, tokenizer, compute_score)
+        reward_cfg = OmegaConf.select(config, "saferl.reward")
+        self.reward_cfg = reward_cfg if reward_cfg is not None else load_reward_config()
+        self.scorer = RewardScorer.from_config(self.reward_cfg)
+        self.recent: deque[bool] = deque(maxlen=self.scorer.faults.window)
+
+    async def run_single(self, data: DataProto) -> dict:
+        item = data[-1:][0]  # multi-sequence outputs: the reward is on the last sequence
+        response_ids = item.batch["responses"]
+        valid = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
+        response = await self.loop.run_in_executor(
+            None, lambda: self.tokenizer.decode(response_ids[:valid], skip_special_tokens=True)
+        )
+        row = dict(item.non_tensor_batch)
+        [sample] = await self.scorer.score([judge_input_from_row(row, response)])
+        self.recent.append(sample.failed)
+        check_failure_fraction(
+            sum(self.recent),
+            len(self.recent),
+            self.scorer.faults,
+            self.scorer.judge.endpoint,
+            self.scorer.last_error,
+        )
+        return {"reward_score": sample.score, "reward_extra_info": extra_info(sample, self.scorer.rubric)}
