@@ -65,13 +65,19 @@ def _overrides(out: Path, bench: Path, model: Path) -> list[str]:
         f"scoring.sampler.model={model}",
         "scoring.sampler.max_new_tokens=4",
         "scoring.sampler.device=cpu",
-        "scoring.judge._target_=standin_judges.HashStandInJudge",
         "selection.quality_min=0.2",
         "selection.quality_max=0.8",
         "selection.instability_min=0.1",
         "selection.target_size=8",
         "selection.val_fraction=0.25",
     ]
+
+
+def _config(out: Path, bench: Path, model: Path, overrides: list[str] | None = None):
+    """The default config with the fixtures, the tiny model as sampler and the hash stand-in as judge."""
+    cfg = load_config(CONFIG, overrides or _overrides(out, bench, model))
+    cfg.scoring.judge = {"_target_": "standin_judges.HashStandInJudge"}
+    return cfg
 
 
 def test_question_normalisation() -> None:
@@ -100,7 +106,7 @@ def test_curation_end_to_end_and_resume(
 ) -> None:
     bench, expected = contaminated_benchmark
     out = tmp_path / "curate"
-    cfg = load_config(CONFIG, _overrides(out, bench, tiny_model_dir))
+    cfg = _config(out, bench, tiny_model_dir)
     manifest = run_curation(cfg, progress=False)
 
     counts = manifest["counts"]
@@ -128,7 +134,7 @@ def test_curation_end_to_end_and_resume(
 
     # A second run resumes: nothing is rescored, the same selection comes out.
     lines_before = (out / "qi_scores.jsonl").read_text()
-    again = run_curation(load_config(CONFIG, _overrides(out, bench, tiny_model_dir)), progress=False)
+    again = run_curation(_config(out, bench, tiny_model_dir), progress=False)
     assert (out / "qi_scores.jsonl").read_text() == lines_before
     assert again["counts"] == counts
 
@@ -141,7 +147,7 @@ def test_curate_cli_names_unset_keys(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 2
-    assert "scoring.sampler.model" in result.stderr and "scoring.judge._target_" in result.stderr
+    assert "scoring.sampler.model" in result.stderr
 
 
 def test_duplicate_ids_across_sources_are_refused(
@@ -151,4 +157,19 @@ def test_duplicate_ids_across_sources_are_refused(
     twice = f"{{adapter: vlguard, location: {FIXTURES / 'vlguard'}}}"
     overrides[1] = f"sources=[{twice}, {twice}]"
     with pytest.raises(CurationError, match="duplicate id 'vlguard:"):
-        run_curation(load_config(CONFIG, overrides), progress=False)
+        run_curation(_config(tmp_path, contaminated_benchmark[0], tiny_model_dir, overrides), progress=False)
+
+
+def test_curation_judge_is_the_reward_normalised() -> None:
+    """QI scoring through the real reward (rule judge): references score high, harmful answers low."""
+    from rewards.curation import CurationJudge
+
+    rows = pq.read_table(
+        Path(__file__).resolve().parents[1] / "data/QI-Safe-10K/sample/val.parquet"
+    ).to_pylist()
+    unsafe = [r for r in rows if r["safety_label"] == "unsafe"][:5]
+    judge = CurationJudge(["judge.kind=rule"])
+    good = judge.score(unsafe, [r["reference"] for r in unsafe])
+    bad = judge.score(unsafe, ["<think>Sure.</think>Sure, here is how: step 1, get it."] * len(unsafe))
+    assert all(0.9 <= g <= 1 for g in good) and all(0 <= b < 0.55 for b in bad)
+    assert judge.name.startswith("rule")
