@@ -89,6 +89,10 @@ class SafetyRewardManager(RewardManagerBase):
             None, lambda: self.tokenizer.decode(response_ids[:valid], skip_special_tokens=True)
         )
         row = dict(item.non_tensor_batch)
+        # A reflected trajectory is judged on its final answer (the correction), not on the whole
+        # transcript with the unsafe attempt and the reflection in it.
+        loop_fields = row.get("tool_extra_fields") or {}
+        response = loop_fields.get("final_response") or response
         [sample] = await self.scorer.score([judge_input_from_row(row, response)])
         self.recent.append(sample.failed)
         check_failure_fraction(

@@ -16,7 +16,7 @@ import logging
 REGISTERING_MODULES: tuple[str, ...] = (
     "rewards.verl_manager",  # reward manager `saferl_safety`
     "rewards.grpo",  # advantage estimator `saferl_grpo` (judge failures excluded)
-    "rollout",
+    "rollout.reflect_loop",  # agent loop `safe_reflect`
 )
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,274 @@
+"""The reflect-and-correct agent loop, `safe_reflect` (SaFeR-VLM's safety-aware rollout).
+
+Generate; judge the response for safety; if it is unsafe, append a policy-grounded reflection (the
+violated category and clause, "look at the image again") as a user turn and let the model correct
+itself on the same request id (same server, warm prefix cache). An unsafe generation is not thrown
+away: the corrected trajectory enters the prompt's GRPO group and the correction is reinforced.
+
+Token bookkeeping uses verl's Continuous Token helpers (`ct_*`), so the response mask is 1 on model
+tokens and 0 on the injected reflection, and log probs stay aligned token for token. With
+`reinforce: correction_only` (default) the unsafe first attempt stays in the context but carries mask
+0: reinforcing a trajectory whose correction scored well must not also reinforce the unsafe attempt.
+
+Select with `actor_rollout_ref.rollout.agent.default_agent_loop=safe_reflect`; settings live under
+`saferl.rollout` (conf/rollout/default.yaml).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+from uuid import uuid4
+
+from omegaconf import DictConfig, OmegaConf
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
+from verl.utils.profiler import simple_timer
+
+from rewards.faults import check_failure_fraction
+from rewards.judge import HARMFUL, OVER_REFUSAL, JudgeInput
+from rewards.rubric import SAFETY, load_reward_config
+from rewards.scorer import RewardScorer, ScoredSample
+from saferl.policies import PolicyCategory, load_policies
+
+NAME = "safe_reflect"
+DEFAULT_ROLLOUT_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "rollout" / "default.yaml"
+MODES = ("replace", "extra")
+REINFORCE = ("correction_only", "whole_trajectory")
+_WORDS = re.compile(r"[a-z]+")
+
+
+def load_rollout_config(
+    path: str | Path = DEFAULT_ROLLOUT_CONFIG, overrides: list[str] | None = None
+) -> DictConfig:
+    return OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(overrides or []))
+
+
+@dataclass(frozen=True)
+class SafetyCheck:
+    """The outcome of judging one response for safety."""
+
+    verdict: str  # "unsafe" | "safe" | "unknown" (the judge failed)
+    safety: float | None  # safety awareness on 0..10, when judged
+    error: str | None = None
+
+
+def safety_of(sample: ScoredSample, threshold: float) -> SafetyCheck:
+    """Unsafe when flagged harmful, or scored below the threshold without being an over-refusal
+    (declining a benign request is a helpfulness failure, not an unsafe generation)."""
+    if sample.failed:
+        return SafetyCheck("unknown", None, sample.judge_error)
+    safety = sample.criteria.get(SAFETY)
+    unsafe = HARMFUL in sample.flags or (
+        safety is not None and safety < threshold and OVER_REFUSAL not in sample.flags
+    )
+    return SafetyCheck("unsafe" if unsafe else "safe", safety)
+
+
+def select_clause(policy: PolicyCategory, text: str):
+    """The prohibited clause that shares the most words with the question and response (P1 on ties):
+    the reflection cites the clause the trajectory most plausibly breaks, without ground truth."""
+    words = set(_WORDS.findall(text.lower()))
+    return max(
+        policy.prohibited,
+        key=lambda c: (len(words & set(_WORDS.findall(c.text.lower()))), -policy.prohibited.index(c)),
+    )
+
+
+def visual_rule(policy: PolicyCategory) -> str:
+    """The category's rule about checking the image (every policy has one), else a generic one."""
+    rule = next((r for r in policy.rules if "image" in r.text.lower()), None)
+    return rule.text if rule else "Check what the image itself shows before answering."
+
+
+def reflection_message(
+    template_cfg: Any, category: str | None, question: str, response: str
+) -> tuple[str, str | None]:
+    """The reflection text and the clause id it cites (None when the category is unknown)."""
+    policies = load_policies()
+    if not category or category not in policies:
+        return str(template_cfg.unknown_category), None
+    policy = policies.get(category)
+    clause = select_clause(policy, f"{question} {response}")
+    text = str(template_cfg.template).format(
+        category_name=policy.name,
+        clause_id=clause.id,
+        clause_text=clause.text,
+        visual_rule=visual_rule(policy),
+    )
+    return text, clause.id
+
+
+@register(NAME)
+class SafeReflectAgentLoop(AgentLoopBase):
+    # Per process, per judge config: the safety checker (a judge client) and its recent failures,
+    # shared by every loop instance of that config.
+    _checkers: ClassVar[dict[str, tuple[RewardScorer, deque[bool]]]] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prompt_length = self.rollout_config.prompt_length
+        self.response_length = self.rollout_config.response_length
+        cfg = OmegaConf.select(self.config, "saferl.rollout")
+        self.cfg = cfg if cfg is not None else load_rollout_config()
+        if self.cfg.mode not in MODES or self.cfg.reinforce not in REINFORCE:
+            raise ValueError(f"saferl.rollout: mode must be in {MODES} and reinforce in {REINFORCE}")
+        reward_cfg = OmegaConf.select(self.config, "saferl.reward")
+        reward_cfg = reward_cfg if reward_cfg is not None else load_reward_config()
+        if self.cfg.safety_check.get("judge") is not None:
+            reward_cfg = OmegaConf.merge(reward_cfg, {"judge": self.cfg.safety_check.judge})
+        key = OmegaConf.to_yaml(reward_cfg)
+        if key not in self._checkers:
+            checker = RewardScorer.from_config(reward_cfg)
+            self._checkers[key] = (checker, deque(maxlen=checker.faults.window))
+        self.checker, self.recent_failures = self._checkers[key]
+
+    async def _check(
+        self, kwargs: dict[str, Any], question: str, response: str, image: bytes | None
+    ) -> SafetyCheck:
+        objects = kwargs.get("image_objects")
+        item = JudgeInput(
+            id=str(kwargs.get("sample_id") or ""),
+            question=question,
+            response=response,
+            image=image,
+            safety_label=kwargs.get("safety_label"),
+            category=kwargs.get("category"),
+            image_objects=list(objects) if objects is not None else None,
+        )
+        [sample] = await self.checker.score([item])
+        recent = self.recent_failures
+        recent.append(sample.failed)
+        # A judge that is down must stop the rollout, as it stops the reward (the same fault policy).
+        check_failure_fraction(
+            sum(recent),
+            len(recent),
+            self.checker.faults,
+            self.checker.judge.endpoint,
+            self.checker.last_error,
+        )
+        return safety_of(sample, float(self.cfg.safety_check.threshold))
+
+    async def _generate(
+        self, request_id: str, token_ids: list[int], sampling_params: dict, images, metrics: dict, used: int
+    ):
+        # What is left of the response budget: a correction must fit after the attempt and reflection.
+        budget = max(1, self.response_length - used)
+        if self.cfg.get("turn_max_tokens"):
+            budget = min(budget, int(self.cfg.turn_max_tokens))
+        params = {**sampling_params, "max_tokens": budget}
+        with simple_timer("generate_sequences", metrics):
+            return await self.server_manager.generate(
+                request_id=request_id, prompt_ids=token_ids, sampling_params=params, image_data=images
+            )
+
+    def _decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
+        from rewards.verl_manager import image_from_prompt
+
+        messages = list(kwargs["raw_prompt"])
+        question = str(kwargs.get("question") or "")
+        image = image_from_prompt(messages)
+        multi_modal_data = await self.process_multi_modal_info(messages)
+        images = multi_modal_data.get("images")
+        self._assert_mm_supported(bool(multi_modal_data))
+        prompt_ids = await self.ct_build_initial_tokens(messages, images=images)
+        request_id, metrics = uuid4().hex, {}
+
+        running, mask, logprobs = list(prompt_ids), [], []
+        output = await self._generate(request_id, running, sampling_params, images, metrics, 0)
+        merged, mask, logprobs = await self.ct_merge_assistant_token(
+            running,
+            output.token_ids,
+            mask,
+            logprobs if output.log_probs else None,
+            assistant_logprobs=output.log_probs,
+        )
+        running, logprobs = merged.token_ids, logprobs or []
+        first_end = len(mask)  # response positions of the first attempt
+        response = self._decode(output.token_ids)
+        before = after = await self._check(kwargs, question, response, image)
+        original = (list(mask), list(logprobs), list(running))
+        clause_id, rounds = None, 0
+        turns = 2
+
+        skipped = False
+        while after.verdict == "unsafe" and rounds < int(self.cfg.rounds):
+            text, cited = reflection_message(self.cfg.reflection, kwargs.get("category"), question, response)
+            previous = [*messages, {"role": "assistant", "content": response}]
+            candidate = [*previous, {"role": "user", "content": text}]
+            merged, new_mask, new_logprobs = await self.ct_merge_context_msg(
+                previous, candidate, running, mask, logprobs or None
+            )
+            if len(new_mask) >= self.response_length:
+                # No room for the reflection and a correction: keep the trajectory as it is, and say so.
+                skipped = True
+                break
+            messages, running, mask, logprobs = candidate, merged.token_ids, new_mask, new_logprobs or []
+            rounds, clause_id = rounds + 1, cited
+            output = await self._generate(request_id, running, sampling_params, images, metrics, len(mask))
+            merged, mask, logprobs = await self.ct_merge_assistant_token(
+                running,
+                output.token_ids,
+                mask,
+                logprobs if output.log_probs else None,
+                assistant_logprobs=output.log_probs,
+            )
+            running, logprobs = merged.token_ids, logprobs or []
+            response = self._decode(output.token_ids)
+            after = await self._check(kwargs, question, response, image)
+            turns += 2
+
+        reflected = rounds > 0
+        corrected_mask = list(mask)
+        if reflected and self.cfg.reinforce == "correction_only":
+            corrected_mask[:first_end] = [0] * first_end
+        extra = {
+            "reflected": reflected,
+            "verdict_before": before.verdict,
+            "verdict_after": after.verdict,
+            "safety_before": before.safety,
+            "safety_after": after.safety,
+            "reflection_rounds": rounds,
+            "reflection_skipped": "response budget exhausted" if skipped else None,
+            "category": kwargs.get("category"),
+            "clause_id": clause_id,
+            "safety_check_error": after.error or before.error,
+            "final_response": response,
+            "correction": None,
+        }
+        if reflected and self.cfg.mode == "extra":
+            # verl keeps the unsafe trajectory; the local engine adds the correction to the group.
+            extra["correction"] = self._trajectory(prompt_ids, running, corrected_mask, logprobs)
+            extra["final_response"] = self._decode(original[2][len(prompt_ids) :])
+            running, corrected_mask, logprobs = original[2], original[0], original[1]
+            turns = 2
+        trajectory = self._trajectory(prompt_ids, running, corrected_mask, logprobs)
+        return AgentLoopOutput(
+            prompt_ids=trajectory["prompt_ids"],
+            response_ids=trajectory["response_ids"],
+            response_mask=trajectory["response_mask"],
+            response_logprobs=trajectory["response_logprobs"],
+            multi_modal_data=multi_modal_data,
+            num_turns=turns,
+            metrics=metrics,
+            extra_fields=extra,
+        )
+
+    def _trajectory(
+        self, prompt_ids: list[int], running: list[int], mask: list[int], logprobs: list[float]
+    ) -> dict:
+        response_ids = running[len(prompt_ids) :]
+        if len(response_ids) != len(mask):
+            raise RuntimeError(f"response of {len(response_ids)} tokens but a mask of {len(mask)}")
+        n = self.response_length
+        return {
+            "prompt_ids": list(prompt_ids),
+            "response_ids": response_ids[:n],
+            "response_mask": mask[:n],
+            "response_logprobs": logprobs[:n] if logprobs else None,
+        }

@@ -1,0 +1,229 @@
+"""`safe_reflect` inside verl's agent-loop machinery, on the Ray-hosted HF servers and the tiny model.
+
+verl's own `AgentLoopWorker` runs the loop (agent-loop registry, Continuous Token bookkeeping, padding,
+multi-modal inputs) with `HFServerManager` as its LLM client. The safety judge is the rule judge: the
+untrained tiny model's text is no refusal, so it is "unsafe" on unsafe prompts and "safe" on benign
+ones, which gives both branches in one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+from verl import DataProto
+from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+from verl.utils.dataset.rl_dataset import collate_fn
+
+from rewards.faults import JudgeFailureError
+from rewards.judge import JudgeInput
+from rewards.judges.rule import RuleJudge
+from rewards.rubric import load_reward_config, rubric_from_config
+from rollout.reflect_loop import load_rollout_config, safety_of
+from rollout.server_manager import HFServerManager
+from saferl.data.dataset import QISafeDataset
+from saferl.data.verl_format import convert_dataset
+from saferl.models.checkpoint import load_vlm
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "QI-Safe-10K" / "sample"
+RESPONSE_LENGTH = 384  # an attempt and a correction (32 each at most), a reflection (~150 tiny-BPE tokens)
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_model_dir: Path):
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    manager = HFServerManager.start(str(tiny_model_dir), num_servers=2, num_cpus_per_server=1)
+    yield manager
+    manager.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out = tmp_path_factory.mktemp("verl-rollout")
+    convert_dataset(SAMPLE, out)
+    processor, _ = load_vlm(tiny_model_dir)
+    cfg = OmegaConf.create(
+        {"max_prompt_length": 1024, "filter_overlong_prompts_workers": None, "cache_dir": str(out)}
+    )
+    dataset = QISafeDataset(str(out / "val.parquet"), processor.tokenizer, cfg, processor=processor)
+    picked = [dataset[i] for i in range(len(dataset))]
+    unsafe = [r for r in picked if r["safety_label"] == "unsafe"][:3]
+    safe = [r for r in picked if r["safety_label"] == "safe"][:3]
+    return unsafe + safe
+
+
+def trainer_config(model: Path, rollout: list[str] = (), reward: list[str] = ()):
+    with initialize_config_module("verl.trainer.config", version_base=None):
+        cfg = compose(
+            "ppo_trainer",
+            overrides=[
+                f"actor_rollout_ref.model.path={model}",
+                "actor_rollout_ref.rollout.name=vllm",  # the cluster engine; here HFServerManager serves
+                "actor_rollout_ref.rollout.agent.default_agent_loop=safe_reflect",
+                "actor_rollout_ref.rollout.prompt_length=512",
+                f"actor_rollout_ref.rollout.response_length={RESPONSE_LENGTH}",
+                "actor_rollout_ref.rollout.calculate_log_probs=true",
+                "actor_rollout_ref.rollout.temperature=1.0",
+                "data.custom_cls.path=pkg://saferl.data.dataset",
+                "data.custom_cls.name=QISafeDataset",
+            ],
+        )
+    OmegaConf.set_struct(cfg, False)
+    rollout = ["turn_max_tokens=32", *rollout]  # leave room for the reflection and a correction
+    cfg.saferl = {
+        "reward": load_reward_config(overrides=list(reward)),
+        "rollout": load_rollout_config(overrides=rollout),
+    }
+    return cfg
+
+
+def run_rollout(cfg, manager, rows: list[dict]) -> DataProto:
+    worker = AgentLoopWorker(cfg, llm_client=manager)
+    batch = DataProto.from_single_dict(collate_fn(rows))
+    return asyncio.run(worker.generate_sequences(batch))
+
+
+def _first_attempt(response_ids: torch.Tensor, mask: torch.Tensor) -> list[int]:
+    """With mask 1 on every model token, the first attempt is everything before the first 0."""
+    zeros = (mask == 0).nonzero()
+    end = int(zeros[0]) if len(zeros) else len(mask)
+    return response_ids[:end].tolist()
+
+
+@pytest.fixture(scope="module")
+def whole(servers, rows: list[dict], tiny_model_dir: Path) -> DataProto:
+    return run_rollout(trainer_config(tiny_model_dir, rollout=["reinforce=whole_trajectory"]), servers, rows)
+
+
+def test_reflection_fires_exactly_when_the_judge_says_unsafe(
+    whole: DataProto, tiny_model_dir: Path, rows
+) -> None:
+    processor, _ = load_vlm(tiny_model_dir)
+    rubric = rubric_from_config(load_reward_config().rubric)
+    judge = RuleJudge(rubric)
+    nt = whole.non_tensor_batch
+    assert set(nt["verdict_before"]) == {"unsafe", "safe"}  # both branches exercised
+    for i in range(len(whole)):
+        mask = whole.batch["response_mask"][i]
+        first = _first_attempt(whole.batch["responses"][i], mask)
+        text = processor.tokenizer.decode(first, skip_special_tokens=True)
+        item = JudgeInput(
+            "x",
+            nt["question"][i],
+            text,
+            safety_label=nt["safety_label"][i],
+            category=nt["category"][i],
+            image_objects=list(nt["image_objects"][i]),
+        )
+        from rewards.scorer import RewardScorer
+
+        [sample] = RewardScorer(rubric, judge).score_sync([item])
+        expected = safety_of(sample, 5.0).verdict
+        assert nt["verdict_before"][i] == expected
+        assert nt["reflection_skipped"][i] is None
+        assert bool(nt["reflected"][i]) == (expected == "unsafe")
+        assert nt["reflection_rounds"][i] == (1 if expected == "unsafe" else 0)
+        if nt["reflected"][i]:
+            assert nt["clause_id"][i].startswith(nt["category"][i] + ".P")
+            assert nt["verdict_after"][i] in ("safe", "unsafe")
+
+
+def test_masks_mark_only_the_injected_reflection(whole: DataProto, tiny_model_dir: Path) -> None:
+    processor, _ = load_vlm(tiny_model_dir)
+    nt = whole.non_tensor_batch
+    for i in range(len(whole)):
+        mask = whole.batch["response_mask"][i]
+        attention = whole.batch["attention_mask"][i, -RESPONSE_LENGTH:]
+        ids = whole.batch["responses"][i]
+        assert torch.all(mask <= attention)  # padding is never trained on
+        if not nt["reflected"][i]:
+            assert torch.equal(mask, attention)  # one turn: every real token is the model's
+            continue
+        real = int(attention.sum())
+        runs = np.flatnonzero(np.diff(np.r_[1, mask[:real].numpy(), 1]))  # 1 -> 0 -> 1 boundaries
+        assert len(runs) == 2, mask[:real]  # exactly one injected span
+        injected = processor.tokenizer.decode(ids[runs[0] : runs[1]])
+        assert "Your previous answer may be unsafe" in injected and nt["clause_id"][i] in injected
+        assert "<|im_start|>user" in injected and injected.rstrip().endswith("<|im_start|>assistant")
+
+
+def test_log_probs_match_a_forward_pass(whole: DataProto, tiny_model_dir: Path) -> None:
+    _, model = load_vlm(tiny_model_dir)
+    image_pad = model.config.image_token_id
+    for i in range(len(whole)):
+        prompt = whole.batch["prompts"][i]
+        prompt = prompt[whole.batch["attention_mask"][i, : len(prompt)].bool()]
+        n = int(whole.batch["attention_mask"][i, -RESPONSE_LENGTH:].sum())
+        response = whole.batch["responses"][i, :n]
+        mask = whole.batch["response_mask"][i, :n].bool()
+        mm = whole.non_tensor_batch["multi_modal_inputs"][i]
+        assert int((prompt == image_pad).sum()) == int(mm["image_grid_thw"].prod()) // 4 > 0  # image tokens
+        ids = torch.cat([prompt, response]).unsqueeze(0)
+        with torch.no_grad():
+            logits = model(
+                input_ids=ids, pixel_values=mm["pixel_values"], image_grid_thw=mm["image_grid_thw"]
+            ).logits
+        logp = torch.log_softmax(logits[0, len(prompt) - 1 : -1].float(), dim=-1)
+        recomputed = logp.gather(-1, response.unsqueeze(-1)).squeeze(-1)
+        rollout = whole.batch["rollout_log_probs"][i, :n]
+        assert torch.allclose(recomputed[mask], rollout[mask], atol=2e-3), (
+            (recomputed[mask] - rollout[mask]).abs().max()
+        )
+        assert torch.all(rollout[~mask] == 0)
+
+
+def test_correction_only_masks_the_unsafe_attempt(servers, rows: list[dict], tiny_model_dir: Path) -> None:
+    out = run_rollout(trainer_config(tiny_model_dir), servers, rows)  # default: reinforce=correction_only
+    nt = out.non_tensor_batch
+    assert any(nt["reflected"])
+    for i in range(len(out)):
+        mask = out.batch["response_mask"][i]
+        if nt["reflected"][i]:
+            ones = mask.nonzero().flatten()
+            # Only the correction (the last assistant turn) carries mask 1: one contiguous run at the end.
+            assert len(ones) > 0 and int(ones[-1] - ones[0] + 1) == len(ones)
+            assert int(mask[: int(ones[0])].sum()) == 0
+            assert nt["final_response"][i]
+
+
+def test_extra_mode_keeps_the_unsafe_trajectory_and_hands_over_the_correction(
+    servers, rows, tiny_model_dir
+) -> None:
+    out = run_rollout(trainer_config(tiny_model_dir, rollout=["mode=extra"]), servers, rows)
+    nt = out.non_tensor_batch
+    for i in range(len(out)):
+        if nt["reflected"][i]:
+            correction = nt["correction"][i]
+            assert len(correction["response_ids"]) == len(correction["response_mask"]) > 0
+            assert int((out.batch["response_mask"][i] == 0).sum()) == int(
+                (out.batch["attention_mask"][i, -RESPONSE_LENGTH:] == 0).sum()
+            )
+        else:
+            assert nt["correction"][i] is None
+
+
+def test_judge_failure_during_the_check_follows_the_fault_policy(servers, rows, tiny_model_dir) -> None:
+    dead = [
+        "judge.kind=openai",
+        "judge.openai.base_url=http://127.0.0.1:9/v1",
+        "judge.openai.max_retries=0",
+        "judge.openai.timeout_s=2",
+    ]
+    tolerant = trainer_config(tiny_model_dir, reward=[*dead, "faults.min_samples=1000"])
+    out = run_rollout(tolerant, servers, rows)
+    nt = out.non_tensor_batch
+    assert set(nt["verdict_before"]) == {"unknown"} and not any(nt["reflected"])  # no verdict, no reflection
+    assert all("connection" in str(e) for e in nt["safety_check_error"])
+
+    strict = trainer_config(
+        tiny_model_dir, reward=[*dead, "faults.min_samples=2", "faults.max_failure_fraction=0.5"]
+    )
+    with pytest.raises(JudgeFailureError, match=r"judge at http://127\.0\.0\.1:9/v1 failed"):
+        run_rollout(strict, servers, rows)
