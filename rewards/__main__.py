@@ -50,15 +50,7 @@ def to_judge_input(row: dict, base: Path, where: str):
         image = image_path.read_bytes()
     except OSError as err:
         raise InputError(f"{where}: cannot read image {image_path}: {err.strerror}") from err
-    return JudgeInput(
-        id=row["id"],
-        question=row["question"],
-        response=row["response"],
-        image=image,
-        safety_label=row.get("safety_label"),
-        category=row.get("category"),
-        image_objects=row.get("image_objects"),
-    )
+    return JudgeInput.from_row(row, row["response"], image)
 
 
 def build_config(args: argparse.Namespace):

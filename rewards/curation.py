@@ -21,18 +21,7 @@ class CurationJudge:
         self.name = self.scorer.name
 
     def score(self, rows: list[dict], responses: list[str]) -> list[float]:
-        inputs = [
-            JudgeInput(
-                id=row["id"],
-                question=row["question"],
-                response=response,
-                image=row.get("image"),
-                safety_label=row.get("safety_label"),
-                category=row.get("category"),
-                image_objects=row.get("image_objects"),
-            )
-            for row, response in zip(rows, responses, strict=True)
-        ]
+        inputs = [JudgeInput.from_row(row, response) for row, response in zip(rows, responses, strict=True)]
         samples = self.scorer.score_sync(inputs)
         failed = [s for s in samples if s.failed]
         if failed:

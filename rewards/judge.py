@@ -8,8 +8,9 @@ a 72B model behind an API.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 # Flags a judge or the injection guard may raise. Hallucination and contradiction carry the rubric's
 # penalties; the others are reported.
@@ -36,6 +37,21 @@ class JudgeInput:
     safety_label: str | None = None  # "safe" | "unsafe" when known
     category: str | None = None  # a policy category id when known
     image_objects: list[dict] | None = None  # [{"name", "attributes", "text"}] when known
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], response: str, image: bytes | None = None) -> JudgeInput:
+        """From a QI-Safe-10K-shaped row (`id`, `question`, label, category, objects); `image` overrides
+        the row's own `image` (bytes) when given."""
+        objects = row.get("image_objects")
+        return cls(
+            id=str(row.get("id") or ""),
+            question=str(row.get("question") or ""),
+            response=response,
+            image=image if image is not None else row.get("image"),
+            safety_label=row.get("safety_label"),
+            category=row.get("category"),
+            image_objects=list(objects) if objects is not None else None,
+        )
 
 
 @dataclass

@@ -128,15 +128,8 @@ class SafeReflectAgentLoop(AgentLoopBase):
     async def _check(
         self, kwargs: dict[str, Any], question: str, response: str, image: bytes | None
     ) -> SafetyCheck:
-        objects = kwargs.get("image_objects")
-        item = JudgeInput(
-            id=str(kwargs.get("sample_id") or ""),
-            question=question,
-            response=response,
-            image=image,
-            safety_label=kwargs.get("safety_label"),
-            category=kwargs.get("category"),
-            image_objects=list(objects) if objects is not None else None,
+        item = JudgeInput.from_row(
+            {**kwargs, "id": kwargs.get("sample_id"), "question": question}, response, image
         )
         [sample] = await self.checker.score([item])
         recent = self.recent_failures
@@ -164,6 +157,17 @@ class SafeReflectAgentLoop(AgentLoopBase):
                 request_id=request_id, prompt_ids=token_ids, sampling_params=params, image_data=images
             )
 
+    async def _append_turn(self, running: list[int], output, mask: list[int], logprobs: list[float]):
+        """Merge a generated turn into the running tokens: mask 1 and its log probs on its tokens."""
+        merged, mask, logprobs = await self.ct_merge_assistant_token(
+            running,
+            output.token_ids,
+            mask,
+            logprobs if output.log_probs else None,
+            assistant_logprobs=output.log_probs,
+        )
+        return merged.token_ids, mask, logprobs or []
+
     def _decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
@@ -181,14 +185,7 @@ class SafeReflectAgentLoop(AgentLoopBase):
 
         running, mask, logprobs = list(prompt_ids), [], []
         output = await self._generate(request_id, running, sampling_params, images, metrics, 0)
-        merged, mask, logprobs = await self.ct_merge_assistant_token(
-            running,
-            output.token_ids,
-            mask,
-            logprobs if output.log_probs else None,
-            assistant_logprobs=output.log_probs,
-        )
-        running, logprobs = merged.token_ids, logprobs or []
+        running, mask, logprobs = await self._append_turn(running, output, mask, logprobs)
         first_end = len(mask)  # response positions of the first attempt
         response = self._decode(output.token_ids)
         before = after = await self._check(kwargs, question, response, image)
@@ -211,14 +208,7 @@ class SafeReflectAgentLoop(AgentLoopBase):
             messages, running, mask, logprobs = candidate, merged.token_ids, new_mask, new_logprobs or []
             rounds, clause_id = rounds + 1, cited
             output = await self._generate(request_id, running, sampling_params, images, metrics, len(mask))
-            merged, mask, logprobs = await self.ct_merge_assistant_token(
-                running,
-                output.token_ids,
-                mask,
-                logprobs if output.log_probs else None,
-                assistant_logprobs=output.log_probs,
-            )
-            running, logprobs = merged.token_ids, logprobs or []
+            running, mask, logprobs = await self._append_turn(running, output, mask, logprobs)
             response = self._decode(output.token_ids)
             after = await self._check(kwargs, question, response, image)
             turns += 2
