@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from saferl.models.checkpoint import IncompleteCheckpointError
 
-    if args.model is None:
+    tiny = args.model is None
+    if tiny:
         from saferl.models.tiny import ensure_tiny_model
 
         start = time.perf_counter()
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"question: {args.question}")
     print(f"prompt: {result['prompt_tokens']} tokens, {result['image_tokens']} of them image tokens")
     print(f"response ({result['new_tokens']} tokens in {result['generate_s']:.2f} s): {result['response']!r}")
+    if tiny:
+        print(
+            "(the tiny model is randomly initialised, so its text is noise; pass --model DIR for real weights)"
+        )
     return 0
 
 

@@ -29,3 +29,13 @@ def tiny_model_dir(saferl_cache: Path) -> Path:
     from saferl.models.tiny import ensure_tiny_model
 
     return ensure_tiny_model(tokenizer="bpe", seed=0, cache_dir=saferl_cache)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real Ray cluster on loopback, sized like the CI machine, one per test module."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -22,6 +22,7 @@ def test_generate_on_its_embedded_default(saferl_cache: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "tiny model:" in result.stdout
     assert "image tokens" in result.stdout and "response (4 tokens" in result.stdout
+    assert "randomly initialised" in result.stdout
 
 
 def test_generate_with_a_given_model_and_image(tiny_model_dir: Path, tmp_path: Path) -> None:

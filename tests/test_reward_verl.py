@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 import ray
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from verl import DataProto
 from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+from verl_config import compose_trainer_config
 
-from rewards.rubric import load_reward_config
 from saferl.data.dataset import QISafeDataset
 from saferl.data.verl_format import convert_dataset
 from saferl.models.checkpoint import load_vlm
@@ -29,13 +28,6 @@ SAMPLE = Path(__file__).resolve().parents[1] / "data" / "QI-Safe-10K" / "sample"
 HARMFUL = (
     "<think>The user wants this. Sure, I will explain.</think>Sure! Step 1: get the tools. Step 2: do it."
 )
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +48,8 @@ def rows(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list
 
 
 def trainer_config(model: Path, **reward_overrides: str):
-    with initialize_config_module("verl.trainer.config", version_base=None):
-        cfg = compose(
-            "ppo_trainer",
-            overrides=[f"actor_rollout_ref.model.path={model}", "reward.reward_manager.name=saferl_safety"],
-        )
-    OmegaConf.set_struct(cfg, False)
-    overrides = [f"{k}={v}" for k, v in reward_overrides.items()]
-    cfg.saferl = {"reward": load_reward_config(overrides=overrides)}
-    return cfg
+    reward = [f"{k}={v}" for k, v in reward_overrides.items()]
+    return compose_trainer_config(model, ["reward.reward_manager.name=saferl_safety"], reward=reward)
 
 
 def batch(rows: list[dict], responses: list[str], tokenizer) -> DataProto:
@@ -85,7 +70,7 @@ def batch(rows: list[dict], responses: list[str], tokenizer) -> DataProto:
     return DataProto.from_dict(tensors=tensors, non_tensors=non_tensor)
 
 
-def test_rule_judge_in_verls_reward_loop(ray_local, rows: list[dict], tiny_model_dir: Path) -> None:
+def test_rule_judge_in_verls_reward_loop(ray_cluster, rows: list[dict], tiny_model_dir: Path) -> None:
     cfg = trainer_config(tiny_model_dir)
     processor, _ = load_vlm(tiny_model_dir)
     worker = ray.remote(RewardLoopWorker).remote(cfg)
@@ -113,7 +98,7 @@ def test_rule_judge_in_verls_reward_loop(ray_local, rows: list[dict], tiny_model
     assert all("harmful" in o["reward_extra_info"]["flags"] for o in harmful)
 
 
-def test_judge_failures_in_verls_reward_loop(ray_local, rows: list[dict], tiny_model_dir: Path) -> None:
+def test_judge_failures_in_verls_reward_loop(ray_cluster, rows: list[dict], tiny_model_dir: Path) -> None:
     """A judge endpoint that is down: excluded (NaN) samples, then the step fails naming the endpoint."""
     dead = "http://127.0.0.1:9/v1"  # the discard port: nothing listens
     cfg = trainer_config(

@@ -13,19 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from verl import DataProto
 from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
 from verl.utils.dataset.rl_dataset import collate_fn
+from verl_config import compose_trainer_config
 
 from rewards.faults import JudgeFailureError
 from rewards.judge import JudgeInput
 from rewards.judges.rule import RuleJudge
 from rewards.rubric import load_reward_config, rubric_from_config
-from rollout.reflect_loop import load_rollout_config, safety_of
+from rollout.reflect_loop import safety_of
 from rollout.server_manager import HFServerManager
 from saferl.data.dataset import QISafeDataset
 from saferl.data.verl_format import convert_dataset
@@ -36,12 +35,10 @@ RESPONSE_LENGTH = 384  # an attempt and a correction (32 each at most), a reflec
 
 
 @pytest.fixture(scope="module")
-def servers(tiny_model_dir: Path):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def servers(ray_cluster, tiny_model_dir: Path):
     manager = HFServerManager.start(str(tiny_model_dir), num_servers=2, num_cpus_per_server=1)
     yield manager
     manager.shutdown()
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -60,28 +57,18 @@ def rows(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list
 
 
 def trainer_config(model: Path, rollout: list[str] = (), reward: list[str] = ()):
-    with initialize_config_module("verl.trainer.config", version_base=None):
-        cfg = compose(
-            "ppo_trainer",
-            overrides=[
-                f"actor_rollout_ref.model.path={model}",
-                "actor_rollout_ref.rollout.name=vllm",  # the cluster engine; here HFServerManager serves
-                "actor_rollout_ref.rollout.agent.default_agent_loop=safe_reflect",
-                "actor_rollout_ref.rollout.prompt_length=512",
-                f"actor_rollout_ref.rollout.response_length={RESPONSE_LENGTH}",
-                "actor_rollout_ref.rollout.calculate_log_probs=true",
-                "actor_rollout_ref.rollout.temperature=1.0",
-                "data.custom_cls.path=pkg://saferl.data.dataset",
-                "data.custom_cls.name=QISafeDataset",
-            ],
-        )
-    OmegaConf.set_struct(cfg, False)
-    rollout = ["turn_max_tokens=32", *rollout]  # leave room for the reflection and a correction
-    cfg.saferl = {
-        "reward": load_reward_config(overrides=list(reward)),
-        "rollout": load_rollout_config(overrides=rollout),
-    }
-    return cfg
+    verl = [
+        "actor_rollout_ref.rollout.name=vllm",  # the cluster engine; here HFServerManager serves
+        "actor_rollout_ref.rollout.agent.default_agent_loop=safe_reflect",
+        "actor_rollout_ref.rollout.prompt_length=512",
+        f"actor_rollout_ref.rollout.response_length={RESPONSE_LENGTH}",
+        "actor_rollout_ref.rollout.calculate_log_probs=true",
+        "actor_rollout_ref.rollout.temperature=1.0",
+        "data.custom_cls.path=pkg://saferl.data.dataset",
+        "data.custom_cls.name=QISafeDataset",
+    ]
+    # Each turn capped, so there is room for the reflection and a correction.
+    return compose_trainer_config(model, verl, reward=reward, rollout=["turn_max_tokens=32", *rollout])
 
 
 def run_rollout(cfg, manager, rows: list[dict]) -> DataProto:

@@ -20,17 +20,8 @@ from rollout.server_manager import HFServerManager, to_wire_images
 from saferl.generate import demo_image
 from saferl.models.checkpoint import load_vlm
 
-ray = pytest.importorskip("ray")
-
 SAMPLE = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_tokens": 12}
 GREEDY = {"temperature": 0, "max_tokens": 12}
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
