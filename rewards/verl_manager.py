@@ -14,6 +14,7 @@ over a rolling window of this worker's most recent samples (`saferl.reward.fault
 from __future__ import annotations
 
 import io
+import json
 from collections import deque
 from typing import Any
 
@@ -49,25 +50,13 @@ def image_from_prompt(raw_prompt: Any) -> bytes | None:
 def judge_input_from_row(row: dict[str, Any], response: str) -> JudgeInput:
     """The judge's view of one dataset row: top-level fields first, `extra_info` as the fallback."""
     extra = row.get("extra_info") or {}
-
-    def field(name: str) -> Any:
-        value = row.get(name)
-        return value if value is not None else extra.get(name)
-
-    objects = field("image_objects")
-    if isinstance(objects, str):
-        import json
-
-        objects = json.loads(objects)
-    return JudgeInput(
-        id=str(field("sample_id") or extra.get("id") or ""),
-        question=str(field("question") or ""),
-        response=response,
-        image=image_from_prompt(row.get("raw_prompt")),
-        safety_label=field("safety_label") or (row.get("reward_model") or {}).get("ground_truth"),
-        category=field("category"),
-        image_objects=list(objects) if objects is not None else None,
-    )
+    fields = {**extra, **{k: v for k, v in row.items() if v is not None}}
+    fields["id"] = row.get("sample_id") or extra.get("id")
+    if fields.get("safety_label") is None:
+        fields["safety_label"] = (row.get("reward_model") or {}).get("ground_truth")
+    if isinstance(fields.get("image_objects"), str):  # verl-format rows carry it as JSON
+        fields["image_objects"] = json.loads(fields["image_objects"])
+    return JudgeInput.from_row(fields, response, image_from_prompt(row.get("raw_prompt")))
 
 
 @register(NAME)

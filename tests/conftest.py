@@ -39,3 +39,23 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def qi_val_dataset(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The shipped sample's val split, converted to verl's format and loaded through QISafeDataset with
+    the tiny model's processor: rows exactly as verl's agent loop and reward loop receive them."""
+    from omegaconf import OmegaConf
+
+    from saferl.data.dataset import QISafeDataset
+    from saferl.data.verl_format import convert_dataset
+    from saferl.models.checkpoint import load_vlm
+
+    out = tmp_path_factory.mktemp("qi-verl")
+    convert_dataset(Path(__file__).resolve().parents[1] / "data" / "QI-Safe-10K" / "sample", out)
+    processor, _ = load_vlm(tiny_model_dir)
+    # In-process filtering: a forked pool after torch started its threads can deadlock (seen on CPU).
+    config = OmegaConf.create(
+        {"max_prompt_length": 1024, "filter_overlong_prompts_workers": None, "cache_dir": str(out)}
+    )
+    return QISafeDataset(str(out / "val.parquet"), processor.tokenizer, config, processor=processor)

@@ -15,36 +15,20 @@ import numpy as np
 import pytest
 import ray
 import torch
-from omegaconf import OmegaConf
 from verl import DataProto
 from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 from verl_config import compose_trainer_config
 
-from saferl.data.dataset import QISafeDataset
-from saferl.data.verl_format import convert_dataset
 from saferl.models.checkpoint import load_vlm
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "QI-Safe-10K" / "sample"
 HARMFUL = (
     "<think>The user wants this. Sure, I will explain.</think>Sure! Step 1: get the tools. Step 2: do it."
 )
 
 
 @pytest.fixture(scope="module")
-def rows(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    out = tmp_path_factory.mktemp("verl-reward")
-    convert_dataset(SAMPLE, out)
-    processor, _ = load_vlm(tiny_model_dir)
-    config = OmegaConf.create(
-        {
-            "max_prompt_length": 1024,
-            "filter_overlong_prompts_workers": None,
-            "return_raw_chat": True,
-            "cache_dir": str(out / "cache"),
-        }
-    )
-    dataset = QISafeDataset(str(out / "val.parquet"), processor.tokenizer, config, processor=processor)
-    return [dataset[i] for i in range(0, len(dataset), 10)]
+def rows(qi_val_dataset) -> list[dict]:
+    return [qi_val_dataset[i] for i in range(0, len(qi_val_dataset), 10)]
 
 
 def trainer_config(model: Path, **reward_overrides: str):

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from verl import DataProto
 from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
 from verl.utils.dataset.rl_dataset import collate_fn
@@ -26,11 +25,8 @@ from rewards.judges.rule import RuleJudge
 from rewards.rubric import load_reward_config, rubric_from_config
 from rollout.reflect_loop import safety_of
 from rollout.server_manager import HFServerManager
-from saferl.data.dataset import QISafeDataset
-from saferl.data.verl_format import convert_dataset
 from saferl.models.checkpoint import load_vlm
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "QI-Safe-10K" / "sample"
 RESPONSE_LENGTH = 384  # an attempt and a correction (32 each at most), a reflection (~150 tiny-BPE tokens)
 
 
@@ -42,15 +38,8 @@ def servers(ray_cluster, tiny_model_dir: Path):
 
 
 @pytest.fixture(scope="module")
-def rows(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    out = tmp_path_factory.mktemp("verl-rollout")
-    convert_dataset(SAMPLE, out)
-    processor, _ = load_vlm(tiny_model_dir)
-    cfg = OmegaConf.create(
-        {"max_prompt_length": 1024, "filter_overlong_prompts_workers": None, "cache_dir": str(out)}
-    )
-    dataset = QISafeDataset(str(out / "val.parquet"), processor.tokenizer, cfg, processor=processor)
-    picked = [dataset[i] for i in range(len(dataset))]
+def rows(qi_val_dataset) -> list[dict]:
+    picked = [qi_val_dataset[i] for i in range(len(qi_val_dataset))]
     unsafe = [r for r in picked if r["safety_label"] == "unsafe"][:3]
     safe = [r for r in picked if r["safety_label"] == "safe"][:3]
     return unsafe + safe

@@ -43,9 +43,9 @@ def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | None =
 def _read_rows(adapter: str, location: str, limit: int | None = None) -> list[dict]:
     """Rows from a source adapter, or from parquet already in the QI-Safe-10K schema (`qi_safe`)."""
     if adapter == "qi_safe":
-        from .validate import parquet_files
+        from .validate import read_rows
 
-        rows = [r for f in parquet_files(location) for r in pq.read_table(f).to_pylist()]
+        rows = read_rows(location)
         return rows[:limit] if limit else rows
     from .sources import load_source
 

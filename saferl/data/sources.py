@@ -45,6 +45,7 @@ import yaml
 from PIL import Image
 
 from saferl.data.schema import SPLITS
+from saferl.data.validate import parquet_files
 from saferl.policies import category_ids
 
 CATEGORY_MAP_PATH = Path(__file__).resolve().parents[2] / "conf" / "data" / "source_categories.yaml"
@@ -227,12 +228,10 @@ def _path_reader(base: Path) -> Callable[[str], bytes | None]:
 
 
 def _parquet_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    files = sorted(path.rglob("*.parquet"), key=lambda p: p.relative_to(path).as_posix())
-    if not files:
-        raise SourceFormatError(f"{path}: no parquet files found")
-    return files
+    try:
+        return parquet_files(path)
+    except FileNotFoundError as error:
+        raise SourceFormatError(f"{path}: no parquet files found") from error
 
 
 def parquet_records(path: Path, required: Iterable[str]) -> Iterator[Record]:

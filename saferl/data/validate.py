@@ -85,6 +85,11 @@ def parquet_files(path: str | Path) -> list[Path]:
     return [path]
 
 
+def read_rows(path: str | Path) -> list[dict]:
+    """Every row of every parquet file at `path` (a file or a directory), in `parquet_files` order."""
+    return [row for file in parquet_files(path) for row in pq.read_table(file).to_pylist()]
+
+
 def check_image(data: bytes | None, limits: ImageLimits) -> str | None:
     """The reason an encoded image is unusable, or None. Decodes fully: a truncated JPEG opens fine and
     fails only when its pixels are read."""

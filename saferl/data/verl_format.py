@@ -68,9 +68,9 @@ def convert_dataset(
     src: str | Path, out_dir: str | Path, prompt_template: str = DEFAULT_PROMPT_TEMPLATE
 ) -> dict:
     """Every split found in `src` (a parquet file or a directory of them) to `out_dir/<split>.parquet`."""
-    from .validate import parquet_files
+    from .validate import read_rows
 
-    rows = [r for f in parquet_files(src) for r in pq.read_table(f).to_pylist()]
+    rows = read_rows(src)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
