@@ -1,7 +1,7 @@
 # Developer shortcuts. CI runs .ci/run, which installs as the README says and then runs these checks.
 PYTHON ?= python
 
-.PHONY: install test test-fast lint format bench ci
+.PHONY: install test test-fast lint format bench bench-train ci
 
 install:
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -23,6 +23,10 @@ format:
 bench:
 	$(PYTHON) -m saferl.models.bench
 	$(PYTHON) -m saferl.data.bench
+
+# The full tiny learning run (about a quarter of an hour on 2 cores): time, peak memory, the val curve.
+bench-train:
+	$(PYTHON) -m saferl.engines.bench
 
 ci:
 	bash .ci/run

@@ -266,6 +266,7 @@ class HFGenerationServer:
         self._arrived: asyncio.Event | None = None
         self._batcher: asyncio.Task | None = None
         self._stats = _Stats()
+        self.weights_version = 0
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -288,6 +289,21 @@ class HFGenerationServer:
         self._pending.append(request)
         self._arrived.set()
         return await request.future
+
+    async def update_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
+        """Load the trainer's new policy weights (the local engine calls this after every optimizer step).
+
+        Runs on the generation thread, so it can never interleave with a batch in flight: requests
+        queued before the update decode with the old weights, later ones with the new. Returns the
+        version now served, which the trainer checks, so a server that missed an update is caught."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._load_state_dict, state_dict)
+        self.weights_version = int(version)
+        return self.weights_version
+
+    def _load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.model.load_state_dict(state_dict, strict=True)
 
     def stats(self) -> dict[str, Any]:
         s = self._stats

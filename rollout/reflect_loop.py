@@ -187,8 +187,9 @@ class SafeReflectAgentLoop(AgentLoopBase):
         output = await self._generate(request_id, running, sampling_params, images, metrics, 0)
         running, mask, logprobs = await self._append_turn(running, output, mask, logprobs)
         first_end = len(mask)  # response positions of the first attempt
-        response = self._decode(output.token_ids)
+        response = first_response = self._decode(output.token_ids)
         before = after = await self._check(kwargs, question, response, image)
+        reflection_text = None
         original = (list(mask), list(logprobs), list(running))
         clause_id, rounds = None, 0
         turns = 2
@@ -206,7 +207,7 @@ class SafeReflectAgentLoop(AgentLoopBase):
                 skipped = True
                 break
             messages, running, mask, logprobs = candidate, merged.token_ids, new_mask, new_logprobs or []
-            rounds, clause_id = rounds + 1, cited
+            rounds, clause_id, reflection_text = rounds + 1, cited, text
             output = await self._generate(request_id, running, sampling_params, images, metrics, len(mask))
             running, mask, logprobs = await self._append_turn(running, output, mask, logprobs)
             response = self._decode(output.token_ids)
@@ -229,6 +230,8 @@ class SafeReflectAgentLoop(AgentLoopBase):
             "clause_id": clause_id,
             "safety_check_error": after.error or before.error,
             "final_response": response,
+            "first_response": first_response,
+            "reflection_text": reflection_text,
             "correction": None,
         }
         if reflected and self.cfg.mode == "extra":

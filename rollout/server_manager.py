@@ -136,6 +136,19 @@ class HFServerManager:
         finally:
             self.in_flight[index] -= 1
 
+    # -- weight sync ----------------------------------------------------------------------------------
+
+    def update_weights(self, state_dict: dict[str, Any], version: int) -> None:
+        """Push the trainer's policy weights to every server (one object-store copy shared by all) and
+        wait until each serves `version`. Call between rollouts, with no request in flight."""
+        if any(self.in_flight):
+            raise RuntimeError(f"update_weights with requests in flight: {self.in_flight}")
+        cpu_state = {k: v.detach().to("cpu") for k, v in state_dict.items()}
+        ref = ray.put(cpu_state)
+        served = ray.get([s.update_weights.remote(ref, int(version)) for s in self.servers])
+        if any(v != version for v in served):
+            raise RuntimeError(f"servers report weight versions {served}, expected {version}")
+
     # -- introspection and teardown -----------------------------------------------------------------
 
     def stats(self) -> list[dict[str, Any]]:

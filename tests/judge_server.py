@@ -91,6 +91,7 @@ class FakeJudgeServer:
         mode: str = "default",
         port: int = 0,
         record: bool = True,
+        served_model: str = "fake-judge",
     ) -> None:
         if mode not in ("default", "obedient"):
             raise ValueError(f"mode must be 'default' or 'obedient', got {mode!r}")
@@ -98,6 +99,7 @@ class FakeJudgeServer:
         self.mode = mode
         self.port = port
         self.record = record
+        self.served_model = served_model
         self.requests: list[dict[str, Any]] = []  # {"body": parsed JSON, "headers": {name: value}}
         self.concurrent_max = 0
         self._inflight = 0
@@ -126,7 +128,12 @@ class FakeJudgeServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024**2)
         app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_get("/v1/models", self._models)
         return app
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """The model list a `vllm serve` endpoint answers (what the training dry run probes)."""
+        return web.json_response({"object": "list", "data": [{"id": self.served_model, "object": "model"}]})
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self._inflight += 1

@@ -1,0 +1,1 @@
+"""Training engines: `verl` (verl's own trainer, clusters) and `local` (one machine)."""

@@ -1,0 +1,250 @@
+"""`saferl.dry_run=true`: check a training config before it costs GPU hours, then exit.
+
+What fails a multi-node job late, found early: verl's own `validate_config` (batch arithmetic against
+GPUs), a model or data path that is not there, a judge endpoint that does not answer, parts not
+registered into verl, an engine/rollout combination verl cannot run, a secret about to be written into
+the config that verl sends to W&B. Each check reports ok / warn / FAIL with the reason; warnings (no GPU
+or vLLM on this machine) do not fail the dry run, so it is useful on a laptop before submitting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+# Config keys that would hold a secret's value (the *_env keys hold a variable's NAME, which is fine).
+_SECRET_KEY = re.compile(r"(api_?key|secret|password|token)$", re.IGNORECASE)
+# Variables whose values must never appear anywhere in the config.
+SECRET_ENV_VARS = ("WANDB_API_KEY", "OPENAI_API_KEY", "HF_TOKEN")
+
+
+class SecretInConfigError(ValueError):
+    """A secret's value is in the training config, which verl logs and sends to W&B whole."""
+
+
+def _leaves(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _leaves(value, f"{path}[{i}]")
+    else:
+        yield path, node
+
+
+def _secret_values(cfg: DictConfig) -> dict[str, str]:
+    names = list(SECRET_ENV_VARS)
+    judge_env = OmegaConf.select(cfg, "saferl.reward.judge.openai.api_key_env")
+    if judge_env:
+        names.append(str(judge_env))
+    return {name: os.environ[name] for name in names if len(os.environ.get(name, "")) >= 8}
+
+
+def check_no_secrets(cfg: DictConfig) -> None:
+    """Raise if a secret would be written into the config: a key named like one with a value, or the
+    value of a secret environment variable anywhere. Secrets are read from the environment only."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    secrets = _secret_values(cfg)
+    for path, value in _leaves(container):
+        leaf = path.rsplit(".", 1)[-1]
+        if _SECRET_KEY.search(leaf) and isinstance(value, str) and value and not leaf.endswith("_env"):
+            raise SecretInConfigError(
+                f"{path} holds a value; secrets come from the environment (see *_env keys), never the config"
+            )
+        if isinstance(value, str):
+            for name, secret in secrets.items():
+                if secret in value:
+                    raise SecretInConfigError(f"{path} contains the value of ${name}; pass it by environment")
+
+
+@dataclass
+class Report:
+    checks: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def add(self, name: str, status: str, detail: str) -> None:
+        self.checks.append((name, status, detail))
+
+    @property
+    def ok(self) -> bool:
+        return all(status != FAIL for _, status, _ in self.checks)
+
+    def render(self) -> str:
+        width = max(len(name) for name, _, _ in self.checks)
+        lines = [f"  [{status:>4}] {name:<{width}}  {detail}" for name, status, detail in self.checks]
+        verdict = "dry run passed" if self.ok else "dry run FAILED"
+        return "\n".join(["saferl dry run:", *lines, verdict])
+
+
+def _check(report: Report, name: str, fn) -> None:
+    try:
+        status, detail = fn()
+    except Exception as err:  # a check that crashes is a failed check, with its reason
+        status, detail = FAIL, f"{type(err).__name__}: {err}"
+    report.add(name, status, detail)
+
+
+def _validate_verl(cfg: DictConfig) -> tuple[str, str]:
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    if cfg.saferl.engine != "verl":
+        # verl's arithmetic is per GPU; the local engine checks its own batch sizes.
+        from saferl.engines.local import check_batch_sizes
+
+        check_batch_sizes(cfg)
+        return OK, "local engine batch sizes consistent"
+    validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    return OK, f"verl validate_config ({cfg.trainer.nnodes} x {cfg.trainer.n_gpus_per_node} GPUs)"
+
+
+def _check_model(cfg: DictConfig) -> tuple[str, str]:
+    if cfg.saferl.tiny_model:
+        return OK, f"tiny model ({cfg.saferl.tiny_model}) is built on first use"
+    path = cfg.actor_rollout_ref.model.path
+    if not path:
+        return FAIL, "actor_rollout_ref.model.path is not set"
+    local = Path(str(path)).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            return FAIL, f"{local}: no config.json"
+        return OK, f"{local}"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(str(path), "config.json")
+    if isinstance(cached, str):
+        return OK, f"{path} (in the local Hugging Face cache)"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return FAIL, f"{path}: not a directory and not in the Hugging Face cache (HF_HUB_OFFLINE=1)"
+    return WARN, f"{path}: not cached here; it will be downloaded from the hub at start"
+
+
+def _check_data(cfg: DictConfig) -> tuple[str, str]:
+    if cfg.saferl.data.dir:
+        source = Path(str(cfg.saferl.data.dir))
+        if not source.is_dir():
+            return FAIL, f"saferl.data.dir={source}: no such directory"
+        files = sorted(p.name for p in source.rglob("*.parquet"))
+        if not files:
+            return FAIL, f"saferl.data.dir={source}: no parquet files"
+        return OK, f"{source} ({len(files)} parquet files; converted at start)"
+    missing = []
+    for key in ("train_files", "val_files"):
+        value = cfg.data[key]
+        for f in [value] if isinstance(value, str) else list(value or []):
+            if not Path(str(f)).expanduser().is_file():
+                missing.append(f"data.{key}: {f}")
+    return (FAIL, "; ".join(missing)) if missing else (OK, "data.train_files and data.val_files exist")
+
+
+def _check_judge(cfg: DictConfig) -> tuple[str, str]:
+    judge = cfg.saferl.reward.judge
+    if judge.kind == "rule":
+        return OK, "rule judge (offline)"
+    if judge.kind == "hf":
+        path = Path(str(judge.hf.model))
+        return (OK, f"hf judge {path}") if (path / "config.json").is_file() else (FAIL, f"{path}: no model")
+    import httpx
+
+    url = str(judge.openai.base_url).rstrip("/") + "/models"
+    headers = {}
+    key = os.environ.get(str(judge.openai.api_key_env or ""), "")
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    try:
+        response = httpx.get(url, headers=headers, timeout=5.0)
+    except httpx.HTTPError as err:
+        return FAIL, f"judge endpoint {url} unreachable: {type(err).__name__}: {err}"
+    if response.status_code != 200:
+        return FAIL, f"judge endpoint {url} answered HTTP {response.status_code}"
+    served = [m.get("id") for m in response.json().get("data", [])]
+    if served and str(judge.openai.model) not in served:
+        return FAIL, f"judge endpoint {url} serves {served}, not {judge.openai.model}"
+    return OK, f"judge endpoint {url} serves {judge.openai.model}"
+
+
+def _check_parts(cfg: DictConfig) -> tuple[str, str]:
+    import verl  # noqa: F401  (loads the saferl plugin)
+    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+    from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER as REWARD_MANAGERS
+    from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+
+    wanted = {
+        "agent loop": (cfg.actor_rollout_ref.rollout.agent.default_agent_loop, _agent_loop_registry),
+        "reward manager": (cfg.reward.reward_manager.name, REWARD_MANAGERS),
+        "advantage estimator": (cfg.algorithm.adv_estimator, ADV_ESTIMATOR_REGISTRY),
+    }
+    missing = [f"{what} {name!r}" for what, (name, registry) in wanted.items() if name not in registry]
+    if missing:
+        return FAIL, "not registered into verl: " + ", ".join(missing)
+    return OK, ", ".join(f"{what} {name}" for what, (name, _) in wanted.items())
+
+
+def _check_rollout_mode(cfg: DictConfig) -> tuple[str, str]:
+    mode = cfg.saferl.rollout.mode
+    if cfg.saferl.engine == "verl" and mode == "extra":
+        return FAIL, (
+            "saferl.rollout.mode=extra needs the local engine: verl 0.9.1's agent loop yields one "
+            "trajectory per prompt sample; use mode=replace"
+        )
+    return OK, f"saferl.rollout.mode={mode}"
+
+
+def _check_hardware(cfg: DictConfig) -> tuple[str, str]:
+    import importlib.util
+
+    import torch
+
+    if cfg.saferl.engine == "verl":
+        problems = []
+        if not torch.cuda.is_available():
+            problems.append("no CUDA device here")
+        if importlib.util.find_spec("vllm") is None:
+            problems.append("vllm not installed (pip install -e '.[gpu]')")
+        if problems:
+            return WARN, "; ".join(problems) + ": fine for a dry run, needed on the GPU nodes"
+        return OK, f"{torch.cuda.device_count()} CUDA device(s), vllm installed"
+    device = cfg.saferl.local.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return FAIL, f"saferl.local.device={device} but no CUDA device"
+    return OK, f"local engine on {device}"
+
+
+def _check_output(cfg: DictConfig) -> tuple[str, str]:
+    path = Path(str(cfg.trainer.default_local_dir))
+    parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        return FAIL, f"{path}: {parent} is not writable"
+    return OK, f"{path}"
+
+
+def preflight(cfg: DictConfig) -> Report:
+    """Run every check and print the report; `report.ok` is False when any check FAILed."""
+    report = Report()
+    _check(report, "secrets", lambda: (check_no_secrets(cfg), (OK, "none in the config"))[1])
+    _check(
+        report,
+        "engine",
+        lambda: (
+            (OK, cfg.saferl.engine)
+            if cfg.saferl.engine in ("local", "verl")
+            else (FAIL, f"saferl.engine={cfg.saferl.engine!r}")
+        ),
+    )
+    _check(report, "config", lambda: _validate_verl(cfg))
+    _check(report, "parts", lambda: _check_parts(cfg))
+    _check(report, "rollout", lambda: _check_rollout_mode(cfg))
+    _check(report, "model", lambda: _check_model(cfg))
+    _check(report, "data", lambda: _check_data(cfg))
+    _check(report, "judge", lambda: _check_judge(cfg))
+    _check(report, "hardware", lambda: _check_hardware(cfg))
+    _check(report, "output", lambda: _check_output(cfg))
+    print(report.render(), flush=True)
+    return report

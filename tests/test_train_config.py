@@ -1,0 +1,173 @@
+"""`python -m saferl.train`: composition (`--cfg job`), the dry run, and secrets kept out of the config.
+
+Every experiment is composed by the real Hydra app in a subprocess, exactly as a user types it. The
+qwen experiments' dry run is checked twice: against what this machine lacks (no cached 3B weights, no
+judge) it must FAIL naming both; with a local model directory and a judge endpoint (the loopback FAKE
+judge server, standing in for a vLLM-served 72B judge) it must pass.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from judge_server import FakeJudgeServer
+
+from saferl.engines.verl_engine import check_verl_engine
+from saferl.preflight import SecretInConfigError, check_no_secrets
+from saferl.train import CONF_DIR, REPO_ROOT
+
+EXPERIMENTS = ("tiny", "qwen3b", "qwen7b")
+
+
+def train(*args: str, env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "saferl.train", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def composed(*overrides: str):
+    import saferl.train  # noqa: F401  (registers the ${saferl_repo:} resolver)
+
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("exp", EXPERIMENTS)
+def test_cfg_job_prints_the_whole_config(exp: str) -> None:
+    result = train(f"+exp={exp}", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    cfg = yaml.safe_load(result.stdout)
+    # verl's ppo_trainer underneath, saferl's parts on top
+    assert cfg["actor_rollout_ref"]["rollout"]["agent"]["default_agent_loop"] == "safe_reflect"
+    assert cfg["reward"]["reward_manager"]["name"] == "saferl_safety"
+    assert cfg["algorithm"]["adv_estimator"] == "saferl_grpo"
+    assert cfg["data"]["custom_cls"]["name"] == "QISafeDataset"
+    assert set(cfg["saferl"]) >= {"engine", "reward", "rollout", "warm_start", "ray", "local", "data"}
+    assert cfg["saferl"]["reward"]["rubric"]["criteria"]["safety_awareness"]["weight"] == 0.35
+    assert cfg["trainer"]["experiment_name"] == exp
+
+
+def test_experiments_select_their_engine_model_and_judge() -> None:
+    tiny = composed("+exp=tiny")
+    assert (tiny.saferl.engine, tiny.saferl.tiny_model, tiny.saferl.reward.judge.kind) == (
+        "local",
+        "bpe",
+        "rule",
+    )
+    assert Path(tiny.saferl.data.dir) == REPO_ROOT / "data" / "QI-Safe-10K" / "sample"
+    q3 = composed("+exp=qwen3b")
+    assert (q3.saferl.engine, q3.saferl.reward.judge.kind) == ("verl", "openai")
+    assert q3.actor_rollout_ref.model.path == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert q3.actor_rollout_ref.rollout.name == "vllm"
+    assert "wandb" in q3.trainer.logger
+    # GRPO after DESIGN.md: lr 1e-6, n=4, low_var_kl 0.01, rollout batch 256, 2 epochs
+    actor = q3.actor_rollout_ref.actor
+    assert (actor.optim.lr, actor.kl_loss_type, actor.kl_loss_coef, actor.use_kl_loss) == (
+        1e-6,
+        "low_var_kl",
+        0.01,
+        True,
+    )
+    assert (q3.actor_rollout_ref.rollout.n, q3.data.train_batch_size, q3.trainer.total_epochs) == (4, 256, 2)
+    q7 = composed("+exp=qwen7b")
+    assert q7.actor_rollout_ref.model.path == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert (q7.actor_rollout_ref.rollout.n, q7.actor_rollout_ref.actor.ppo_mini_batch_size) == (5, 128)
+    assert q7.actor_rollout_ref.rollout.tensor_model_parallel_size == 2
+    assert q7.saferl.reward.judge.kind == "openai"  # inherited from qwen3b
+
+
+def test_judge_endpoint_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAFERL_JUDGE_BASE_URL", "http://judge.internal:9000/v1")
+    cfg = composed("+exp=qwen3b")
+    assert cfg.saferl.reward.judge.openai.base_url == "http://judge.internal:9000/v1"
+
+
+def test_dry_run_tiny_passes_without_training(tmp_path: Path) -> None:
+    result = train("+exp=tiny", "saferl.dry_run=true", f"trainer.default_local_dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "dry run passed" in result.stdout
+    assert not (tmp_path / "run" / "config.yaml").exists()  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("exp", ["qwen3b", "qwen7b"])
+def test_dry_run_qwen_fails_naming_what_is_missing(exp: str, tmp_path: Path) -> None:
+    result = train(
+        f"+exp={exp}",
+        "saferl.dry_run=true",
+        f"trainer.default_local_dir={tmp_path}",
+        env={"HF_HUB_OFFLINE": "1", "SAFERL_JUDGE_BASE_URL": "http://127.0.0.1:9/v1"},
+    )
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert any("[FAIL] model" in line and f"Qwen2.5-VL-{exp[4:].upper()}" in line for line in lines)
+    assert any("[FAIL] judge" in line and "127.0.0.1:9" in line for line in lines)
+    assert any("[  ok] config" in line and "validate_config" in line for line in lines)  # verl's own
+    assert "dry run FAILED" in result.stdout
+
+
+def test_dry_run_qwen_passes_with_a_model_and_a_judge(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with FakeJudgeServer(served_model="Qwen/Qwen2.5-VL-72B-Instruct") as judge:
+        result = train(
+            "+exp=qwen3b",
+            "saferl.dry_run=true",
+            f"actor_rollout_ref.model.path={tiny_model_dir}",
+            f"saferl.data.dir={REPO_ROOT / 'data' / 'QI-Safe-10K' / 'sample'}",
+            f"trainer.default_local_dir={tmp_path}",
+            env={"SAFERL_JUDGE_BASE_URL": judge.base_url},
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[  ok] judge" in result.stdout and "dry run passed" in result.stdout
+
+
+def test_dry_run_refuses_extra_mode_on_verl(tiny_model_dir: Path, tmp_path: Path) -> None:
+    result = train(
+        "+exp=qwen3b",
+        "saferl.dry_run=true",
+        "saferl.rollout.mode=extra",
+        f"actor_rollout_ref.model.path={tiny_model_dir}",
+        f"trainer.default_local_dir={tmp_path}",
+    )
+    assert result.returncode == 1
+    assert any("[FAIL] rollout" in line and "mode=extra" in line for line in result.stdout.splitlines())
+    with pytest.raises(ValueError, match="mode=extra"):
+        check_verl_engine(composed("+exp=qwen3b", "saferl.rollout.mode=extra"))
+
+
+def test_secret_values_never_enter_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    check_no_secrets(composed("+exp=qwen3b"))  # the shipped experiments hold none
+    with pytest.raises(SecretInConfigError, match=r"saferl\.reward\.judge\.openai\.api_key"):
+        check_no_secrets(composed("+exp=qwen3b", "+saferl.reward.judge.openai.api_key=sk-live-123456789"))
+    monkeypatch.setenv("SAFERL_JUDGE_API_KEY", "sk-judge-abcdef123456")
+    with pytest.raises(SecretInConfigError, match=r"\$SAFERL_JUDGE_API_KEY"):
+        check_no_secrets(composed("+exp=qwen3b", "trainer.experiment_name=run-sk-judge-abcdef123456"))
+
+
+def test_the_cli_refuses_a_secret_before_doing_anything(tmp_path: Path) -> None:
+    result = train(
+        "+exp=tiny",
+        "+saferl.reward.judge.openai.api_key=sk-live-123456789",
+        f"trainer.default_local_dir={tmp_path / 'run'}",
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "SecretInConfigError" in line]
+    assert errors and not any("sk-live" in line for line in errors)  # Hydra echoes the command line
+    written = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert not any("sk-live" in p.read_text(errors="ignore") for p in written)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_unknown_engine_is_a_clear_error(tmp_path: Path) -> None:
+    result = train("+exp=tiny", "saferl.engine=megatron", f"trainer.default_local_dir={tmp_path}")
+    assert result.returncode != 0
+    assert "saferl.engine='megatron'" in result.stderr

@@ -1,0 +1,200 @@
+"""`python -m saferl.train +exp=tiny_smoke` end to end, as a user runs it: a subprocess, a real Ray, the
+tiny model, the rule judge, W&B offline. Then a run killed with SIGKILL mid-training and started again.
+
+The smoke experiment is `tiny` cut short (2 steps); the learning run itself is a benchmark
+(`python -m saferl.train +exp=tiny`), not a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from saferl.train import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+SECRETS = {
+    "SAFERL_JUDGE_API_KEY": "sk-judge-never-logged-4242",
+    "WANDB_API_KEY": "wandb-key-never-logged-4242",
+}
+ROLLOUT_METRICS = ("rollout/reflect_rate", "rollout/correction_success_rate")
+REWARD_METRICS = (
+    *(
+        f"reward/{c}/mean"
+        for c in ("safety_awareness", "helpfulness", "reasoning_coherence", "visual_grounding", "format")
+    ),
+    "reward/hallucination_rate",
+    "reward/contradiction_rate",
+    "reward/judge_failures",
+)
+VERL_METRICS = (
+    "actor/pg_loss",
+    "actor/kl_loss",
+    "critic/score/mean",
+    "response_length/mean",
+    "timing_s/step",
+)
+VAL_METRICS = ("val/harmful_rate", "val/refusal_rate", "val/safety_score", "val/helpfulness_score")
+
+
+def command(run_dir: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "saferl.train",
+        "+exp=tiny_smoke",
+        f"trainer.default_local_dir={run_dir}",
+        *overrides,
+    ]
+
+
+def environment(saferl_cache: Path) -> dict[str, str]:
+    return {**os.environ, "SAFERL_CACHE_DIR": str(saferl_cache), "WANDB_MODE": "offline", **SECRETS}
+
+
+def metrics_by_step(run_dir: Path) -> dict[int, dict[str, float]]:
+    """Every launch's metrics file; a later launch's record of a step wins (a redone step)."""
+    steps: dict[int, dict[str, float]] = {}
+    for path in sorted(
+        (run_dir / "metrics").glob("from_step_*.jsonl"), key=lambda p: int(p.stem.split("_")[-1])
+    ):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            steps[record["step"]] = record["data"]
+    return steps
+
+
+def data_order(run_dir: Path) -> dict[int, list[str]]:
+    order: dict[int, list[str]] = {}
+    for line in (run_dir / "data_order.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        order[record["step"]] = record["sample_ids"]
+    return order
+
+
+@pytest.fixture(scope="module")
+def smoke_run(saferl_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    result = subprocess.run(
+        command(run_dir, "trainer.logger=[console,file,wandb]"),
+        cwd=REPO_ROOT,
+        env=environment(saferl_cache),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return run_dir, result.stdout + result.stderr
+
+
+def test_the_run_finishes_and_leaves_its_outputs(smoke_run) -> None:
+    run_dir, output = smoke_run
+    assert "saferl: finished 2 steps" in output
+    assert "saferl train" in output  # the progress bar
+    assert (run_dir / "config.yaml").is_file()  # the resolved config
+    assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    for step in (1, 2):
+        assert (run_dir / f"global_step_{step}" / "actor" / "model.safetensors").is_file()
+    assert (run_dir / "warm_start" / "config.json").is_file()
+
+
+def test_metrics_carry_the_issue_names(smoke_run) -> None:
+    run_dir, _ = smoke_run
+    steps = metrics_by_step(run_dir)
+    assert sorted(steps) == [0, 1, 2]
+    assert set(VAL_METRICS) <= set(steps[0]) and set(VAL_METRICS) <= set(steps[2])
+    for step in (1, 2):
+        missing = {*REWARD_METRICS, *VERL_METRICS, "rollout/reflect_rate"} - set(steps[step])
+        assert not missing, missing
+    # the warm-started tiny policy still answers unsafe prompts unsafely, so reflection fires
+    assert any(steps[s]["rollout/reflect_rate"] > 0 for s in (1, 2))
+    assert any("rollout/correction_success_rate" in steps[s] for s in (1, 2))
+    assert all(0.0 <= steps[s]["val/harmful_rate"] <= 1.0 for s in (0, 2))
+
+
+def test_validation_samples_are_written(smoke_run) -> None:
+    run_dir, _ = smoke_run
+    for step in (0, 2):
+        rows = [
+            json.loads(x) for x in (run_dir / "val_samples" / f"step_{step}.jsonl").read_text().splitlines()
+        ]
+        assert 0 < len(rows) <= 4
+        assert {"question", "response", "criteria", "score", "safety_label"} <= set(rows[0])
+
+
+def test_wandb_offline_run_has_metrics_and_trajectory_tables(smoke_run) -> None:
+    run_dir, _ = smoke_run
+    [wandb_run] = list((run_dir / "wandb").glob("offline-run-*"))
+    assert list(wandb_run.glob("*.wandb"))  # the run's local record
+    tables = sorted(wandb_run.rglob("trajectories_*.table.json"))
+    assert len(tables) == 2  # one per validation (step 0 and step 2)
+    table = json.loads(tables[0].read_text())
+    assert {"image", "question", "response", "reflection", "correction", "criteria", "score"} <= set(
+        table["columns"]
+    )
+    # the prompt images beside the table (offline, wandb keeps a run table's images only in an artifact)
+    assert len(list((wandb_run / "files" / "media" / "images").rglob("*.png"))) >= 2
+
+
+def test_no_secret_reaches_any_file(smoke_run) -> None:
+    run_dir, output = smoke_run
+    secrets = list(SECRETS.values())
+    assert not any(s in output for s in secrets)
+    for path in run_dir.rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            data = path.read_bytes()
+            assert not any(s.encode() in data for s in secrets), path
+
+
+def test_sigkill_then_restart_finishes_without_repeats_or_gaps(saferl_cache: Path, tmp_path: Path) -> None:
+    steps, quiet = (
+        "trainer.total_training_steps=4",
+        ["trainer.val_before_train=false", "trainer.test_freq=-1", "trainer.logger=[console,file]"],
+    )
+    env = environment(saferl_cache)
+    reference = tmp_path / "uninterrupted"
+    done = subprocess.run(
+        command(reference, steps, *quiet), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run_dir = tmp_path / "killed"
+    tracker = run_dir / "latest_checkpointed_iteration.txt"
+    log = (tmp_path / "killed.log").open("w")
+    process = subprocess.Popen(
+        command(run_dir, steps, *quiet),
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    while not (tracker.is_file() and tracker.read_text().strip() == "2"):
+        assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint of step 2 in time"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the whole job: driver, Ray, servers (as SLURM or the OOM killer)
+    process.wait()
+    killed_at = int(tracker.read_text().strip())
+    assert killed_at < 4
+
+    resumed = subprocess.run(
+        command(run_dir, steps, *quiet), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {run_dir / f'global_step_{killed_at}'} at step {killed_at}" in resumed.stdout
+    assert "saferl: finished 4 steps" in resumed.stdout
+    assert tracker.read_text().strip() == "4"
+    # Every step trained once on exactly the prompts the uninterrupted run used at that step.
+    assert data_order(run_dir) == data_order(reference)
+    assert sorted(metrics_by_step(run_dir)) == [1, 2, 3, 4]
+    assert (run_dir / "metrics" / f"from_step_{killed_at}.jsonl").is_file()  # the first launch's kept

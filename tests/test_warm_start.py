@@ -1,0 +1,207 @@
+"""The policy-guided SFT warm start: real files, the real tiny model, real training (a few steps)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from saferl.warm_start import (
+    IGNORE_INDEX,
+    MARKER,
+    build_examples,
+    collate,
+    end_of_turn,
+    is_done,
+    load_warm_start_config,
+    read_marker,
+    warm_start,
+)
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "QI-Safe-10K" / "sample"
+PLUMBING_STEPS = 6  # enough for the loss to move; the plumbing tests do not need a trained policy
+
+
+@pytest.fixture(scope="module")
+def verl_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample converted to verl format, plus a 24-row balanced train subset for fast plumbing runs."""
+    from saferl.data.verl_format import convert_dataset
+
+    out = tmp_path_factory.mktemp("warm-verl")
+    convert_dataset(SAMPLE, out)
+    rows = pq.read_table(out / "train.parquet").to_pylist()
+    small = [r for r in rows if r["extra_info"]["safety_label"] == "unsafe"][:12]
+    small += [r for r in rows if r["extra_info"]["safety_label"] == "safe"][:12]
+    pq.write_table(pa.Table.from_pylist(small), out / "train_small.parquet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_model_dir: Path):
+    from saferl.models.checkpoint import load_vlm
+
+    return load_vlm(tiny_model_dir)[0]
+
+
+@pytest.fixture(scope="module")
+def small_run(tiny_model_dir: Path, verl_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One short warm start, shared by the cache and checkpoint tests."""
+    cfg = load_warm_start_config([f"steps={PLUMBING_STEPS}", "batch_size=4"])
+    out = tmp_path_factory.mktemp("warm-out") / "policy"
+    path = warm_start(tiny_model_dir, verl_data / "train_small.parquet", cfg, out, progress=False)
+    return {"cfg": cfg, "out": path, "marker": read_marker(path)}
+
+
+def test_config_is_small_and_documented() -> None:
+    path = Path(__file__).resolve().parents[1] / "conf" / "warm_start" / "default.yaml"
+    assert path.read_text().splitlines()[0] == "# @package saferl.warm_start"
+    cfg = load_warm_start_config()
+    assert set(cfg) == {"enable", "steps", "batch_size", "lr", "weight_decay", "max_length", "seed"}
+    assert load_warm_start_config(["steps=7"]).steps == 7
+
+
+def test_prompt_is_token_identical_to_the_rl_prompt(qi_val_dataset, processor, tiny_model_dir: Path) -> None:
+    """The SFT prompt equals what verl's agent loop builds from the same QISafeDataset row."""
+    from transformers import AutoConfig
+    from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
+
+    from saferl.data.dataset import QISafeDataset
+
+    examples = build_examples(qi_val_dataset.data_files[0], processor)
+    builder = create_continuous_token_builder(
+        processor.tokenizer,
+        hf_model_type=AutoConfig.from_pretrained(tiny_model_dir).model_type,
+        processor=processor,
+    )
+    assert len(examples) == len(qi_val_dataset)
+    for index in (0, 1, len(examples) - 1):
+        messages = qi_val_dataset[index]["raw_prompt"]
+        images, _, _ = asyncio.run(
+            QISafeDataset.process_multi_modal_info(
+                messages, image_patch_size=processor.image_processor.patch_size, config=qi_val_dataset.config
+            )
+        )
+        rl_prompt = builder.build_initial_tokens(messages, images=images)
+        assert examples[index].prompt_ids == rl_prompt
+        assert rl_prompt.count(processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")) > 0
+
+
+def test_loss_mask_covers_exactly_the_assistant_tokens(verl_data: Path, processor) -> None:
+    examples = build_examples(verl_data / "train_small.parquet", processor)
+    batch = collate(examples[:3], processor, max_length=1024)
+    end = end_of_turn(processor)
+    assert end == "<|im_end|>"
+    for row, ex in enumerate(examples[:3]):
+        labels = batch["labels"][row]
+        labelled = (labels != IGNORE_INDEX).nonzero().flatten().tolist()
+        # One contiguous span right after the prompt, then only padding.
+        assert labelled == list(range(len(ex.prompt_ids), len(ex.prompt_ids) + len(ex.target_ids)))
+        assert batch["input_ids"][row, : len(ex.prompt_ids)].tolist() == ex.prompt_ids
+        assert labels[labelled].tolist() == batch["input_ids"][row, labelled].tolist()
+        decoded = processor.tokenizer.decode(batch["input_ids"][row, labelled].tolist())
+        assert decoded == ex.reference + end
+        # The prompt + labelled span is the chat template's rendering of the conversation with the answer.
+        messages = [*ex.row["raw_prompt"], {"role": "assistant", "content": ex.reference}]
+        full = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        assert full.startswith(ex.prompt_text + decoded)
+        assert full[len(ex.prompt_text + decoded) :].strip() == ""
+
+
+def test_loss_decreases_and_output_loads_like_the_base(small_run: dict, tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    from saferl.models.checkpoint import load_vlm
+
+    curve = small_run["marker"]["loss_curve"]
+    assert len(curve) == PLUMBING_STEPS
+    assert curve[-1] < curve[0] - 0.2, curve
+    processor, model = load_vlm(small_run["out"])
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    assert type(model) is type(base)
+    assert processor.tokenizer.get_vocab() == load_vlm(tiny_model_dir)[0].tokenizer.get_vocab()
+    changed = [
+        name for name, p in model.state_dict().items() if not p.equal(base.state_dict()[name])
+    ]
+    assert changed, "the saved weights are the base model's"
+
+
+def test_second_call_is_cached_and_a_changed_cfg_retrains(
+    small_run: dict, tiny_model_dir: Path, verl_data: Path
+) -> None:
+    out, cfg, first = small_run["out"], small_run["cfg"], small_run["marker"]
+    start = time.perf_counter()
+    again = warm_start(tiny_model_dir, verl_data / "train_small.parquet", cfg, out, progress=False)
+    assert again == out
+    assert read_marker(out)["run_id"] == first["run_id"]  # not retrained
+    assert time.perf_counter() - start < 5
+
+    # Whether to run is not an input of the weights: toggling it elsewhere does not invalidate the cache.
+    assert is_done(out, first["fingerprint"])
+    changed = load_warm_start_config([f"steps={PLUMBING_STEPS - 2}", "batch_size=4"])
+    warm_start(tiny_model_dir, verl_data / "train_small.parquet", changed, out, progress=False)
+    marker = read_marker(out)
+    assert marker["run_id"] != first["run_id"]
+    assert marker["fingerprint"] != first["fingerprint"]
+    assert len(marker["loss_curve"]) == PLUMBING_STEPS - 2
+    assert not list(out.parent.glob(f".{out.name}.*")), "temp dirs left next to the output"
+
+
+def test_disabled_returns_the_base_model(tiny_model_dir: Path, verl_data: Path, tmp_path: Path) -> None:
+    cfg = load_warm_start_config(["enable=false"])
+    assert warm_start(tiny_model_dir, verl_data / "train.parquet", cfg, tmp_path / "x") == tiny_model_dir
+    assert not (tmp_path / "x").exists()
+
+
+def test_half_written_output_is_not_taken_for_done(
+    small_run: dict, tiny_model_dir: Path, verl_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "policy"
+    shutil.copytree(small_run["out"], out)
+    (out / MARKER).unlink()  # killed before the marker: weights present, not done
+    # A temp dir left by a run that died (its pid no longer exists), holding a whole model and marker.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    staging = tmp_path / f".policy.warm-{int(dead.stdout)}.abc123"
+    shutil.copytree(small_run["out"], staging)
+
+    cfg = load_warm_start_config(["steps=2", "batch_size=4"])
+    warm_start(tiny_model_dir, verl_data / "train_small.parquet", cfg, out, progress=False)
+    marker = read_marker(out)
+    assert marker is not None and len(marker["loss_curve"]) == 2
+    assert not staging.exists()
+
+    # A marker whose weights are missing is not done either.
+    (out / "model.safetensors").unlink()
+    assert not is_done(out, marker["fingerprint"])
+    warm_start(tiny_model_dir, verl_data / "train_small.parquet", cfg, out, progress=False)
+    assert (out / "model.safetensors").is_file()
+    assert read_marker(out)["run_id"] != marker["run_id"]
+
+
+def test_default_warm_start_writes_think_first(
+    tiny_model_dir: Path, verl_data: Path, tmp_path: Path, processor
+) -> None:
+    """The default config's policy opens its greedy answers with <think> on most val prompts."""
+    from saferl.models.checkpoint import load_vlm
+    from saferl.warm_start import generate_responses
+
+    out = warm_start(
+        tiny_model_dir, verl_data / "train.parquet", load_warm_start_config(), tmp_path / "policy", progress=False
+    )
+    examples = build_examples(verl_data / "val.parquet", processor)
+    handful = examples[:6] + examples[-6:]
+    _, model = load_vlm(out)
+    responses = generate_responses(model, processor, handful, do_sample=False, max_new_tokens=16)
+    rate = sum(text.lstrip().startswith("<think>") for [(text, _)] in responses) / len(responses)
+    assert rate >= 0.75, [text for [(text, _)] in responses]
+    _, base = load_vlm(tiny_model_dir)
+    base_responses = generate_responses(base, processor, handful, do_sample=False, max_new_tokens=16)
+    assert not any(text.lstrip().startswith("<think>") for [(text, _)] in base_responses)
+    assert json.loads((out / MARKER).read_text())["inputs"]["cfg"]["steps"] == load_warm_start_config().steps
