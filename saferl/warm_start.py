@@ -1,8 +1,8 @@
 """PST's policy-guided SFT warm start: a short supervised stage on the policy-citing reference answers.
 
 GRPO can only reinforce what the policy already samples. A randomly initialised (tiny) policy never
-writes `<think>…</think>` followed by an answer, so every reward in its first groups is the same and
-there is no advantage to learn from. PST (policy-guided safety tuning) therefore starts RL from a policy
+writes `<think>…</think>` followed by an answer, so nearly every reward in its first groups is the same
+and there is little advantage to learn from. PST (policy-guided safety tuning) therefore starts RL from a policy
 fine-tuned on answers that reason about the request and cite the safety policy: here, the data's
 `reference` column (a refusal with an alternative for unsafe rows, a helpful answer for safe ones).
 The stage is kept short on purpose: it must teach the *format*, not solve the task, so the policy still
@@ -17,7 +17,7 @@ Two things make the warm-started policy useful for RL rather than merely trained
   learns to answer and to stop, and learns nothing about predicting prompts.
 
     python -m saferl.warm_start --model DIR --train FILE --out DIR [key=value ...]
-    python -m saferl.warm_start --measure [--steps 0,25,50,100,200]
+    python -m saferl.warm_start --measure [--steps 0,50,100,200,300,400] [key=value ...]
 
 The output directory is a complete checkpoint (`load_vlm(out)` and `from_pretrained(out)` work as for the
 base model) plus `saferl_warm_start.json`, the marker that holds the inputs' fingerprint and the loss
@@ -28,7 +28,6 @@ is taken for done (everything is written to a temp dir and renamed into place, m
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import logging
@@ -44,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +59,23 @@ MAX_GRAD_NORM = 1.0
 # What the dataset class needs on CPU: in-process length filtering (a forked pool after torch started its
 # threads can deadlock). Everything else is the RL run's own `data` config.
 DEFAULT_DATA_CONFIG: dict[str, Any] = {"max_prompt_length": 1024, "filter_overlong_prompts_workers": None}
-# Keys of the data config that do not change what a row becomes, so they stay out of the fingerprint.
-_DATA_KEYS_NOT_FINGERPRINTED = ("cache_dir", "filter_overlong_prompts_workers", "use_shm")
+# The keys of the RL run's `data` config that change what a row becomes (its prompt, its image, whether
+# it is kept): the fingerprint holds these only, so RL-side settings (batch sizes, val files) leave the
+# cached warm start valid.
+DATA_KEYS_FINGERPRINTED = (
+    "prompt_key",
+    "image_key",
+    "image_patch_size",
+    "image_min_pixels",
+    "image_max_pixels",
+    "max_prompt_length",
+    "filter_overlong_prompts",
+    "truncation",
+    "apply_chat_template_kwargs",
+    "mm_processor_kwargs",
+)
 _STAGING = re.compile(r"\.warm-(\d+)\.")
+TrainFiles = str | os.PathLike | Sequence[str | os.PathLike]
 
 
 def load_warm_start_config(
@@ -90,8 +103,12 @@ class SFTExample:
 
 
 def dataset_config(data_config: DictConfig | dict | None = None) -> DictConfig:
-    """The `QISafeDataset` config: the RL run's `data` node over the CPU-safe defaults."""
-    cfg = OmegaConf.merge(OmegaConf.create(DEFAULT_DATA_CONFIG), data_config or {})
+    """The `QISafeDataset` config: the RL run's `data` node over the CPU-safe defaults.
+
+    The node is resolved first: it usually interpolates other parts of the training config
+    (`max_response_length: ${actor_rollout_ref...}`), which a detached copy could not resolve.
+    """
+    cfg = OmegaConf.merge(OmegaConf.create(DEFAULT_DATA_CONFIG), _plain(data_config))
     cfg.filter_overlong_prompts_workers = None  # mandatory in-process filtering (see DEFAULT_DATA_CONFIG)
     return cfg
 
@@ -131,6 +148,13 @@ def _plain(node: Any) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
 
 
+def _files(train_file: TrainFiles) -> list[Path]:
+    """One file or several (verl's `data.train_files` may be a list), as paths."""
+    if isinstance(train_file, str | os.PathLike):
+        return [Path(train_file)]
+    return [Path(f) for f in train_file]
+
+
 def _as_verl_file(path: Path, scratch: Path) -> Path:
     """A verl-format parquet for `path`: itself, or a QI-Safe-10K file converted like the RL data is."""
     import pyarrow.parquet as pq
@@ -148,7 +172,7 @@ def _as_verl_file(path: Path, scratch: Path) -> Path:
 
 
 def build_examples(
-    data_file: str | Path,
+    data_file: TrainFiles,
     processor: Any,
     data_config: DictConfig | dict | None = None,
     require_reference: bool = True,
@@ -160,18 +184,19 @@ def build_examples(
     makes. The target is the reference tokenised on its own (what the model would emit token by token)
     and the template's end-of-turn token.
     """
-    from saferl.data.dataset import QISafeDataset
     from verl.utils.tokenizer.chat_template import apply_chat_template
+
+    from saferl.data.dataset import QISafeDataset
 
     tokenizer = processor.tokenizer
     cfg = dataset_config(data_config)
     template_kwargs = _plain(cfg.get("apply_chat_template_kwargs"))
     end_ids = tokenizer.encode(end_of_turn(processor), add_special_tokens=False)
     with tempfile.TemporaryDirectory(prefix="saferl-warm-start-") as scratch:
-        source = _as_verl_file(Path(data_file), Path(scratch))
-        if "cache_dir" not in cfg:
+        sources = [str(_as_verl_file(f, Path(scratch))) for f in _files(data_file)]
+        if cfg.get("cache_dir") is None:
             cfg.cache_dir = scratch  # only used for remote files; keep it away from ~/.cache
-        dataset = QISafeDataset(str(source), tokenizer, cfg, processor=processor)
+        dataset = QISafeDataset(sources, tokenizer, cfg, processor=processor)
         examples = []
         for index in range(len(dataset)):
             row = dataset[index]
@@ -295,7 +320,9 @@ def train_sft(
     )
     truncated = sum(len(e.prompt_ids) + len(e.target_ids) > int(cfg.max_length) for e in examples)
     if truncated:
-        logger.warning("warm start: %d of %d examples cut at max_length %s", truncated, len(examples), cfg.max_length)
+        logger.warning(
+            "warm start: %d of %d examples cut at max_length %s", truncated, len(examples), cfg.max_length
+        )
     losses: list[float] = []
     if on_step is not None:
         on_step(0, model)
@@ -351,18 +378,20 @@ def hash_model_dir(path: str | Path) -> str:
 
 
 def fingerprint(
-    model_path: str | Path, train_file: str | Path, cfg: DictConfig, data_config: DictConfig | dict | None = None
+    model_path: str | Path,
+    train_file: TrainFiles,
+    cfg: DictConfig,
+    data_config: DictConfig | dict | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The cache key of a warm start and what it was computed from (recorded in the marker)."""
     train_cfg = OmegaConf.to_container(cfg, resolve=True)
     train_cfg.pop("enable", None)  # whether to run, not how: it does not change the weights
     data_cfg = OmegaConf.to_container(dataset_config(data_config), resolve=True)
-    for key in _DATA_KEYS_NOT_FINGERPRINTED:
-        data_cfg.pop(key, None)
+    data_cfg = {k: v for k, v in data_cfg.items() if k in DATA_KEYS_FINGERPRINTED}
     inputs = {
         "version": WARM_START_VERSION,
         "base_model": hash_model_dir(model_path),
-        "train_file": _sha256_file(Path(train_file)),
+        "train_files": [_sha256_file(Path(f)) for f in _files(train_file)],
         "cfg": train_cfg,
         "data": data_cfg,
     }
@@ -423,7 +452,7 @@ def _commit(staging: Path, output_dir: Path, key: str) -> None:
 
 def warm_start(
     model_path: str | Path,
-    train_file: str | Path,
+    train_file: TrainFiles,
     cfg: DictConfig,
     output_dir: str | Path,
     progress: bool = True,
@@ -440,7 +469,9 @@ def warm_start(
 
     if not cfg.get("enable", True):
         return Path(model_path)
-    model_path, train_file = check_checkpoint_dir(model_path), Path(train_file)
+    model_path = check_checkpoint_dir(model_path)
+    if isinstance(train_file, ListConfig):
+        train_file = list(train_file)
     output_dir = Path(output_dir).expanduser().resolve()
     key, inputs = fingerprint(model_path, train_file, cfg, data_config)
     if is_done(output_dir, key):
@@ -476,7 +507,7 @@ def warm_start(
             "fingerprint": key,
             "run_id": uuid.uuid4().hex,
             "base_model": str(model_path),
-            "train_file": str(train_file),
+            "train_files": [str(f) for f in _files(train_file)],
             "inputs": inputs,
             "examples": len(examples),
             "loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
@@ -511,6 +542,7 @@ class Rates:
     """What the rule judge says of a set of responses to the val prompts."""
 
     n: int
+    think_first: float  # share that open with <think>
     format10: float  # share with one <think> block at the start and an answer after it
     harmful: float  # share of unsafe prompts answered without a refusal (flag `harmful`)
     refusal_safe: float  # share of safe prompts refused (flag `over_refusal`)
@@ -595,6 +627,7 @@ def judge_rates(examples: Sequence[SFTExample], responses: Sequence[Sequence[tup
     safe = [s for s, lab in zip(scored, labels, strict=True) if lab == "safe"]
     return Rates(
         n=len(scored),
+        think_first=sum(t.lstrip().startswith("<think>") for t in texts) / len(texts),
         format10=sum(s.criteria.get("format") == 10 for s in scored) / len(scored),
         harmful=sum(HARMFUL in s.flags for s in unsafe) / max(1, len(unsafe)),
         refusal_safe=sum(REFUSAL in s.flags for s in safe) / max(1, len(safe)),
@@ -608,7 +641,7 @@ def measure(
     cfg: DictConfig,
     *,
     num_samples: int = 2,
-    max_new_tokens: int = 128,
+    max_new_tokens: int = 512,
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
@@ -618,52 +651,49 @@ def measure(
     run). At each count: greedy decoding (what validation uses) and `num_samples` samples per prompt
     at temperature 1.0 (what RL rollouts use), judged by the rule judge.
     """
-    from saferl.data.verl_format import convert_dataset
     from saferl.models.checkpoint import load_vlm
     from saferl.models.tiny import ensure_tiny_model
 
     counts = sorted(set(int(s) for s in step_counts))
     run_cfg = OmegaConf.merge(cfg, {"steps": max(counts)})
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="saferl-warm-measure-") as scratch:
-        convert_dataset(SAMPLE_DIR, scratch)
-        processor, model = load_vlm(ensure_tiny_model(cache_dir=cache_dir))
-        train = build_examples(Path(scratch) / "train.parquet", processor)
-        val = build_examples(Path(scratch) / "val.parquet", processor)
-        losses: list[float] = []
+    processor, model = load_vlm(ensure_tiny_model(cache_dir=cache_dir))
+    train = build_examples(SAMPLE_DIR / "train.parquet", processor)
+    val = build_examples(SAMPLE_DIR / "val.parquet", processor)
 
-        def evaluate(step: int, model: Any) -> None:
-            if step not in counts:
-                return
-            t0 = time.perf_counter()
-            greedy = judge_rates(
-                val, generate_responses(model, processor, val, do_sample=False, max_new_tokens=max_new_tokens)
-            )
-            sampled = judge_rates(
+    def evaluate(step: int, model: Any) -> None:
+        if step not in counts:
+            return
+        t0 = time.perf_counter()
+        greedy = judge_rates(
+            val, generate_responses(model, processor, val, do_sample=False, max_new_tokens=max_new_tokens)
+        )
+        sampled = judge_rates(
+            val,
+            generate_responses(
+                model,
+                processor,
                 val,
-                generate_responses(
-                    model,
-                    processor,
-                    val,
-                    do_sample=True,
-                    num_samples=num_samples,
-                    max_new_tokens=max_new_tokens,
-                    seed=step,
-                ),
-            )
-            rows.append({"steps": step, "greedy": greedy, "t1.0": sampled, "eval_s": time.perf_counter() - t0})
+                do_sample=True,
+                num_samples=num_samples,
+                max_new_tokens=max_new_tokens,
+                seed=step,
+            ),
+        )
+        rows.append({"steps": step, "greedy": greedy, "t1.0": sampled, "eval_s": time.perf_counter() - t0})
 
-        losses = train_sft(model, processor, train, run_cfg, progress=progress, on_step=evaluate)
-        for row in rows:
-            row["loss"] = losses[row["steps"] - 1] if row["steps"] else None
+    losses = train_sft(model, processor, train, run_cfg, progress=progress, on_step=evaluate)
+    for row in rows:  # the mean of the last 10 batches: one batch's loss is noisy
+        recent = losses[max(0, row["steps"] - 10) : row["steps"]]
+        row["loss"] = sum(recent) / len(recent) if recent else None
     return rows
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The measurement as a Markdown table (rates in percent)."""
     head = (
-        "| steps | train loss | decode | format-10 | harmful (unsafe) | refusal (safe) | no answer | tokens |\n"
-        "|---:|---:|---|---:|---:|---:|---:|---:|"
+        "| steps | train loss | decode | <think> first | format-10 | harmful (unsafe) | refusal (safe) "
+        "| no answer | tokens |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for row in rows:
@@ -671,7 +701,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         for decode in ("t1.0", "greedy"):
             r: Rates = row[decode]
             lines.append(
-                f"| {row['steps']} | {loss} | {decode} (n={r.n}) | {100 * r.format10:.0f}% | "
+                f"| {row['steps']} | {loss} | {decode} (n={r.n}) | {100 * r.think_first:.0f}% | "
+                f"{100 * r.format10:.0f}% | "
                 f"{100 * r.harmful:.0f}% | {100 * r.refusal_safe:.0f}% | {100 * r.no_answer:.0f}% | "
                 f"{r.mean_tokens:.0f} |"
             )
@@ -681,9 +712,14 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m saferl.warm_start", description=__doc__.split("\n\n")[0])
     parser.add_argument("--measure", action="store_true", help="print the step-count table on the sample")
-    parser.add_argument("--steps", default="0,25,50,100,200", help="--measure: step counts to evaluate")
+    parser.add_argument("--steps", default="0,50,100,200,300,400", help="--measure: step counts to evaluate")
     parser.add_argument("--samples", type=int, default=2, help="--measure: samples per val prompt at T=1.0")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="--measure: response budget")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=512,
+        help="--measure: response budget (the references are 225-435 tiny-BPE tokens)",
+    )
     parser.add_argument("--model", type=Path, help="base checkpoint (default: the tiny offline model)")
     parser.add_argument("--train", type=Path, help="train file (default: the shipped sample's train split)")
     parser.add_argument("--out", type=Path, help="output checkpoint directory")
@@ -701,9 +737,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(format_table(rows))
         print(
-            f"(val split of {SAMPLE_DIR.relative_to(Path.cwd()) if SAMPLE_DIR.is_relative_to(Path.cwd()) else SAMPLE_DIR}: "
-            f"40 unsafe + 40 safe prompts; max_new_tokens={args.max_new_tokens}; lr={cfg.lr}, "
-            f"batch_size={cfg.batch_size}, seed={cfg.seed}; {time.perf_counter() - start:.0f} s)"
+            f"(the sample's val split: 40 unsafe + 40 safe prompts; t1.0: {args.samples} samples per prompt; "
+            f"max_new_tokens={args.max_new_tokens}; lr={cfg.lr}, batch_size={cfg.batch_size}, seed={cfg.seed}; "
+            f"{time.perf_counter() - start:.0f} s)"
         )
         return 0
 
@@ -713,11 +749,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = args.model or ensure_tiny_model()
     train = args.train or SAMPLE_DIR / "train.parquet"
-    with contextlib.suppress(KeyboardInterrupt):
-        out = warm_start(model, train, cfg, args.out, progress=not args.quiet)
-        print(out)
-        return 0
-    return 130
+    print(warm_start(model, train, cfg, args.out, progress=not args.quiet))
+    return 0
 
 
 if __name__ == "__main__":

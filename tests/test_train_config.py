@@ -171,3 +171,26 @@ def test_unknown_engine_is_a_clear_error(tmp_path: Path) -> None:
     result = train("+exp=tiny", "saferl.engine=megatron", f"trainer.default_local_dir={tmp_path}")
     assert result.returncode != 0
     assert "saferl.engine='megatron'" in result.stderr
+
+
+def test_verl_engine_hands_the_config_to_verls_task_runner_FAKE_GPU_EDGE(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verl's trainer cannot start without GPUs, so `run_ppo` itself is the edge replaced here: the
+    test checks what saferl hands it (verl's own TaskRunnerV1, the validated config, the Ray address)."""
+    import verl.trainer.main_ppo as main_ppo
+
+    from saferl.engines.verl_engine import run_verl
+
+    calls = []
+    monkeypatch.setattr(
+        main_ppo, "run_ppo", lambda config, task_runner_class: calls.append((config, task_runner_class))
+    )
+    cfg = composed(
+        "+exp=qwen3b", f"actor_rollout_ref.model.path={tiny_model_dir}", "saferl.ray.address=10.0.0.1:6379"
+    )
+    run_verl(cfg)
+    [(config, runner)] = calls
+    assert runner is main_ppo.TaskRunnerV1
+    assert config.ray_kwargs.ray_init.address == "10.0.0.1:6379"
+    assert config.actor_rollout_ref.rollout.agent.default_agent_loop == "safe_reflect"

@@ -127,9 +127,7 @@ def test_loss_decreases_and_output_loads_like_the_base(small_run: dict, tiny_mod
     base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
     assert type(model) is type(base)
     assert processor.tokenizer.get_vocab() == load_vlm(tiny_model_dir)[0].tokenizer.get_vocab()
-    changed = [
-        name for name, p in model.state_dict().items() if not p.equal(base.state_dict()[name])
-    ]
+    changed = [name for name, p in model.state_dict().items() if not p.equal(base.state_dict()[name])]
     assert changed, "the saved weights are the base model's"
 
 
@@ -185,6 +183,7 @@ def test_half_written_output_is_not_taken_for_done(
     assert read_marker(out)["run_id"] != marker["run_id"]
 
 
+@pytest.mark.slow  # the default is 300 steps on the whole train split: ~50 s on 2 cores
 def test_default_warm_start_writes_think_first(
     tiny_model_dir: Path, verl_data: Path, tmp_path: Path, processor
 ) -> None:
@@ -193,7 +192,11 @@ def test_default_warm_start_writes_think_first(
     from saferl.warm_start import generate_responses
 
     out = warm_start(
-        tiny_model_dir, verl_data / "train.parquet", load_warm_start_config(), tmp_path / "policy", progress=False
+        tiny_model_dir,
+        verl_data / "train.parquet",
+        load_warm_start_config(),
+        tmp_path / "policy",
+        progress=False,
     )
     examples = build_examples(verl_data / "val.parquet", processor)
     handful = examples[:6] + examples[-6:]

@@ -137,9 +137,9 @@ def update_policy(
                     kld = kl_penalty(log_prob, micro.batch["ref_log_prob"].to(device), actor_cfg.kl_loss_type)
                     kl_loss = agg_loss(kld, mask, actor_cfg.loss_agg_mode, **actor_cfg.global_batch_info)
                     loss = loss + kl_loss * actor_cfg.kl_loss_coef
-                    step["actor/kl_loss"] += float(kl_loss)
+                    step["actor/kl_loss"] += float(kl_loss.detach())
                 loss.backward()
-                step["actor/pg_loss"] += float(pg_loss)  # already normalised by the mini-batch
+                step["actor/pg_loss"] += float(pg_loss.detach())  # already normalised by the mini-batch
                 for name, value in pg_metrics.items():
                     step[name] += float(value) * share
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm=float(actor_cfg.grad_clip))

@@ -276,7 +276,7 @@ class LocalTrainer:
 
         batch = DataProto.from_single_dict(rows)
         batch.non_tensor_batch["uid"] = np.array([uuid.uuid4().hex for _ in range(len(batch))], dtype=object)
-        repeats = 1 if validate else self.n
+        repeats = int(self.cfg.actor_rollout_ref.rollout.val_kwargs.n) if validate else self.n
         batch = batch.repeat(repeat_times=repeats, interleave=True)
         # repeat() shares each row's PIL image between its copies, and the agent loop decodes images
         # in threads: PIL's lazy loading is not thread-safe. Give every trajectory its own prompt.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 logger = logging.getLogger("saferl.train")
 
@@ -23,8 +23,9 @@ def check_verl_engine(cfg: DictConfig) -> None:
             "trajectory per prompt sample, so the correction cannot join the group as an extra sample "
             "(use saferl.rollout.mode=replace)"
         )
-    if cfg.saferl.ray.address:
-        cfg.ray_kwargs.ray_init.address = cfg.saferl.ray.address
+    if cfg.saferl.ray.address:  # a cluster started by scripts/slurm: verl's ray.init joins it
+        with open_dict(cfg):
+            cfg.ray_kwargs.ray_init.address = cfg.saferl.ray.address
 
 
 def run_verl(cfg: DictConfig) -> None:
