@@ -433,6 +433,25 @@ def _remove_stale_staging(output_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+_CHECKPOINT_FILES = (MARKER, "config.json", "model.safetensors", "model.safetensors.index.json")
+
+
+def _check_replaceable(output_dir: Path, model_path: Path) -> None:
+    """Refuse an output that is not ours to replace: the base model itself, or a directory that is not
+    a (possibly partial) checkpoint. A retrain replaces the output whole, so a mistyped `--out` pointing
+    at a folder of other things must fail here rather than lose that folder."""
+    if output_dir == model_path.resolve():
+        raise ValueError(f"warm start output {output_dir} is the base model itself")
+    if not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise ValueError(f"warm start output {output_dir} exists and is not a directory")
+    entries = list(output_dir.iterdir())
+    flat = all(e.is_file() for e in entries)
+    if entries and not (flat and any((output_dir / name).is_file() for name in _CHECKPOINT_FILES)):
+        raise ValueError(f"warm start output {output_dir} exists and is not a checkpoint directory")
+
+
 def _commit(staging: Path, output_dir: Path, key: str) -> None:
     """Rename the finished staging dir into place; a stale or unfinished output is moved aside first."""
     if output_dir.exists():
@@ -477,6 +496,7 @@ def warm_start(
     if is_done(output_dir, key):
         logger.info("warm start: %s is up to date (fingerprint %s)", output_dir, key[:12])
         return output_dir
+    _check_replaceable(output_dir, model_path)
     if output_dir.exists():
         logger.info("warm start: %s has no matching finished warm start; retraining", output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)

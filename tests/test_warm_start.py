@@ -152,6 +152,34 @@ def test_second_call_is_cached_and_a_changed_cfg_retrains(
     assert not list(out.parent.glob(f".{out.name}.*")), "temp dirs left next to the output"
 
 
+def test_fingerprint_holds_what_changes_the_weights(tiny_model_dir: Path, verl_data: Path) -> None:
+    from saferl.warm_start import fingerprint
+
+    cfg, train = load_warm_start_config(), verl_data / "train_small.parquet"
+    key, inputs = fingerprint(tiny_model_dir, train, cfg, {"train_batch_size": 4})
+    # RL-side settings and whether to run do not change the warm start; a list of one file is that file.
+    assert fingerprint(tiny_model_dir, [str(train)], cfg, {"train_batch_size": 16})[0] == key
+    assert fingerprint(tiny_model_dir, train, load_warm_start_config(["enable=false"]))[0] == key
+    # What a row becomes, the data, the base weights and the training settings do.
+    assert fingerprint(tiny_model_dir, train, cfg, {"image_max_pixels": 112 * 112})[0] != key
+    assert fingerprint(tiny_model_dir, verl_data / "val.parquet", cfg)[0] != key
+    assert fingerprint(tiny_model_dir, train, load_warm_start_config(["lr=1e-3"]))[0] != key
+    assert inputs["base_model"] and inputs["train_files"] and inputs["cfg"]["steps"] == cfg.steps
+
+
+def test_refuses_to_replace_what_is_not_a_checkpoint(
+    tiny_model_dir: Path, verl_data: Path, tmp_path: Path
+) -> None:
+    cfg = load_warm_start_config(["steps=1"])
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a checkpoint directory"):
+        warm_start(tiny_model_dir, verl_data / "train_small.parquet", cfg, tmp_path / "notes", progress=False)
+    with pytest.raises(ValueError, match="base model itself"):
+        warm_start(tiny_model_dir, verl_data / "train_small.parquet", cfg, tiny_model_dir, progress=False)
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+
+
 def test_disabled_returns_the_base_model(tiny_model_dir: Path, verl_data: Path, tmp_path: Path) -> None:
     cfg = load_warm_start_config(["enable=false"])
     assert warm_start(tiny_model_dir, verl_data / "train.parquet", cfg, tmp_path / "x") == tiny_model_dir
