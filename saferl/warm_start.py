@@ -507,12 +507,16 @@ def warm_start(
     examples = build_examples(train_file, processor, data_config)
     losses = train_sft(model, processor, examples, cfg, progress=progress, data_config=data_config)
     if losses:
+        tail = losses[-10:]
         logger.info(
-            "warm start: %d steps on %d examples, loss %.3f -> %.3f (%.0f s)",
+            "warm start: %d steps on %d examples, loss %.3f (first step) -> %.3f (last), %.3f (mean of the"
+            " last %d) in %.0f s",
             len(losses),
             len(examples),
             losses[0],
             losses[-1],
+            sum(tail) / len(tail),
+            len(tail),
             time.perf_counter() - start,
         )
 
