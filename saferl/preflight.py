@@ -105,6 +105,14 @@ def _validate_verl(cfg: DictConfig) -> tuple[str, str]:
     return OK, f"verl validate_config ({cfg.trainer.nnodes} x {cfg.trainer.n_gpus_per_node} GPUs)"
 
 
+def _check_engine(cfg: DictConfig) -> tuple[str, str]:
+    from saferl.train import ENGINES
+
+    if cfg.saferl.engine not in ENGINES:
+        return FAIL, f"saferl.engine={cfg.saferl.engine!r}: must be one of {ENGINES}"
+    return OK, cfg.saferl.engine
+
+
 def _check_model(cfg: DictConfig) -> tuple[str, str]:
     if cfg.saferl.tiny_model:
         return OK, f"tiny model ({cfg.saferl.tiny_model}) is built on first use"
@@ -188,13 +196,10 @@ def _check_parts(cfg: DictConfig) -> tuple[str, str]:
 
 
 def _check_rollout_mode(cfg: DictConfig) -> tuple[str, str]:
-    mode = cfg.saferl.rollout.mode
-    if cfg.saferl.engine == "verl" and mode == "extra":
-        return FAIL, (
-            "saferl.rollout.mode=extra needs the local engine: verl 0.9.1's agent loop yields one "
-            "trajectory per prompt sample; use mode=replace"
-        )
-    return OK, f"saferl.rollout.mode={mode}"
+    from saferl.engines import check_rollout_mode
+
+    check_rollout_mode(cfg)  # raises with the reason, which _check reports as FAIL
+    return OK, f"saferl.rollout.mode={cfg.saferl.rollout.mode}"
 
 
 def _check_hardware(cfg: DictConfig) -> tuple[str, str]:
@@ -229,15 +234,7 @@ def preflight(cfg: DictConfig) -> Report:
     """Run every check and print the report; `report.ok` is False when any check FAILed."""
     report = Report()
     _check(report, "secrets", lambda: (check_no_secrets(cfg), (OK, "none in the config"))[1])
-    _check(
-        report,
-        "engine",
-        lambda: (
-            (OK, cfg.saferl.engine)
-            if cfg.saferl.engine in ("local", "verl")
-            else (FAIL, f"saferl.engine={cfg.saferl.engine!r}")
-        ),
-    )
+    _check(report, "engine", lambda: _check_engine(cfg))
     _check(report, "config", lambda: _validate_verl(cfg))
     _check(report, "parts", lambda: _check_parts(cfg))
     _check(report, "rollout", lambda: _check_rollout_mode(cfg))

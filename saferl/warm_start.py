@@ -484,7 +484,7 @@ def warm_start(
     chat-template kwargs), so the prompts match the RL prompts. With `cfg.enable` false it returns
     `model_path` itself. Cached in `output_dir` by the fingerprint of every input.
     """
-    from saferl.models.checkpoint import check_checkpoint_dir, load_vlm
+    from saferl.models.checkpoint import apply_umask, check_checkpoint_dir, load_vlm, save_vlm
 
     if not cfg.get("enable", True):
         return Path(model_path)
@@ -522,10 +522,7 @@ def warm_start(
 
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.warm-{os.getpid()}.", dir=output_dir.parent))
     try:
-        model.save_pretrained(staging, safe_serialization=True)
-        processor.save_pretrained(staging)
-        # The hub layout's standalone file too, as the base checkpoint has it.
-        processor.image_processor.save_pretrained(staging)
+        save_vlm(model, processor, staging)
         check_checkpoint_dir(staging)
         marker = {
             "fingerprint": key,
@@ -539,21 +536,12 @@ def warm_start(
             "elapsed_s": round(time.perf_counter() - start, 2),
         }
         (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")  # last: it means "complete"
-        _apply_umask(staging)
+        apply_umask(staging)
         _commit(staging, output_dir, key)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
-
-
-def _apply_umask(root: Path) -> None:
-    """mkdtemp makes a 0700 dir; a shared output must be readable like any other checkpoint."""
-    mask = os.umask(0)
-    os.umask(mask)
-    root.chmod(0o777 & ~mask)
-    for f in root.iterdir():
-        f.chmod(0o666 & ~mask)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from saferl.models.checkpoint import save_vlm
+
 TRACKER = "latest_checkpointed_iteration.txt"
 MODEL_DIR = "actor"
 STATE_FILE = "trainer_state.pt"
@@ -67,8 +69,7 @@ def save_checkpoint(
     staging = root / f".global_step_{step}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    model.save_pretrained(staging / MODEL_DIR)
-    processor.save_pretrained(staging / MODEL_DIR)
+    save_vlm(model, processor, staging / MODEL_DIR)
     torch.save(optimizer.state_dict(), staging / OPTIM_FILE)
     torch.save(
         {"global_step": step, "dataloader": dataloader_state, "rng": rng_state(), **(extra or {})},

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from saferl.engines import check_rollout_mode
 from saferl.engines import checkpoint as ckpt
 
 logger = logging.getLogger("saferl.train")
@@ -53,11 +54,7 @@ def check_batch_sizes(cfg: DictConfig) -> None:
             f"ppo_mini_batch_size x rollout.n = {mini * n} trajectories is not a multiple of "
             f"ppo_micro_batch_size_per_gpu={micro}"
         )
-    if cfg.saferl.rollout.mode == "extra":
-        raise ValueError(
-            "saferl.rollout.mode=extra is not supported by the local engine yet (the correction would need "
-            "its own reward and tensors); use saferl.rollout.mode=replace"
-        )
+    check_rollout_mode(cfg)
 
 
 @contextmanager
@@ -109,15 +106,15 @@ class LocalTrainer:
         from saferl.models.checkpoint import load_vlm
 
         model_path = str(cfg.actor_rollout_ref.model.path)
-        self.processor, _ = load_vlm(model_path)
-        self.tokenizer = self.processor.tokenizer
-        self._init_data()
         self.resume_dir = ckpt.find_resume_dir(
             self.run_dir, cfg.trainer.resume_mode, cfg.trainer.get("resume_from_path")
         )
         policy_path = str(self.resume_dir / ckpt.MODEL_DIR) if self.resume_dir else model_path
-        _, self.model = load_vlm(policy_path, dtype=torch.float32, device=str(self.device))
+        # A checkpoint carries the processor it was saved with (the base model's), so one load gives both.
+        self.processor, self.model = load_vlm(policy_path, dtype=torch.float32, device=str(self.device))
+        self.tokenizer = self.processor.tokenizer
         self.model.train()
+        self._init_data()
         self.ref_model = None
         if cfg.actor_rollout_ref.actor.use_kl_loss:
             _, self.ref_model = load_vlm(model_path, dtype=torch.float32, device=str(self.device))
@@ -270,8 +267,8 @@ class LocalTrainer:
 
     # -- one step -----------------------------------------------------------------------------------
 
-    def _rollout(self, rows: dict[str, Any], validate: bool) -> tuple[Any, Any]:
-        """Prompt batch -> (prompt-side batch repeated n times, the loop's output with rewards)."""
+    def _rollout(self, rows: dict[str, Any], validate: bool) -> Any:
+        """Prompt batch -> the loop's output (n trajectories per prompt, rewards, and the rows' fields)."""
         from verl import DataProto
 
         batch = DataProto.from_single_dict(rows)
@@ -290,7 +287,7 @@ class LocalTrainer:
         output = asyncio.run(self.agent_worker.generate_sequences(batch))
         for key, value in batch.non_tensor_batch.items():  # the row's fields beside the loop's
             output.non_tensor_batch.setdefault(key, value)
-        return batch, output
+        return output
 
     def train_step(self, rows: dict[str, Any]) -> dict[str, float]:
         from verl.trainer.ppo.core_algos import get_adv_estimator_fn
@@ -304,7 +301,7 @@ class LocalTrainer:
         micro = int(actor.ppo_micro_batch_size_per_gpu or actor.ppo_mini_batch_size * self.n)
         with _timer("step", timing):
             with _timer("gen", timing):
-                _, batch = self._rollout(rows, validate=False)
+                batch = self._rollout(rows, validate=False)
             rm = batch.batch["rm_scores"]
             batch.batch["token_level_scores"] = rm
             batch.batch["token_level_rewards"] = rm
@@ -363,14 +360,14 @@ class LocalTrainer:
     def validate(self) -> dict[str, float]:
         from PIL import Image
 
+        from rewards.verl_manager import image_from_prompt
         from saferl.metrics import select_rows, table_rows, trajectory_table, validation_metrics
 
         columns: dict[str, list[Any]] = {}
         images: list[bytes | None] = []
-        from rewards.verl_manager import image_from_prompt
 
         for rows in self.val_loader:
-            _, output = self._rollout(rows, validate=True)
+            output = self._rollout(rows, validate=True)
             responses = self._decode_responses(output)
             nt = dict(output.non_tensor_batch)
             nt.setdefault("final_response", np.array(responses, dtype=object))

@@ -12,17 +12,14 @@ import logging
 
 from omegaconf import DictConfig, open_dict
 
+from saferl.engines import check_rollout_mode
+
 logger = logging.getLogger("saferl.train")
 
 
 def check_verl_engine(cfg: DictConfig) -> None:
-    """What verl 0.9.1 cannot run, refused before any GPU is allocated."""
-    if cfg.saferl.rollout.mode == "extra":
-        raise ValueError(
-            "saferl.rollout.mode=extra needs the local engine: verl 0.9.1's agent loop yields one "
-            "trajectory per prompt sample, so the correction cannot join the group as an extra sample "
-            "(use saferl.rollout.mode=replace)"
-        )
+    """What verl 0.9.1 cannot run, refused before any GPU is allocated; the cluster address handed on."""
+    check_rollout_mode(cfg)
     if cfg.saferl.ray.address:  # a cluster started by scripts/slurm: verl's ray.init joins it
         with open_dict(cfg):
             cfg.ray_kwargs.ray_init.address = cfg.saferl.ray.address

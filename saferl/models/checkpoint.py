@@ -8,6 +8,7 @@ every saferl entry point say which file is missing, in one line, before any work
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,22 @@ def load_vlm(path: str | Path, dtype: Any = None, device: str | None = None) -> 
     if device is not None:
         model = model.to(device)
     return processor, model.eval()
+
+
+def save_vlm(model: Any, processor: Any, path: str | Path) -> None:
+    """Write a checkpoint the way the hub lays one out: safetensors weights, the processor, and the image
+    processor's standalone file too (tools that read the image processor alone look for it)."""
+    model.save_pretrained(path, safe_serialization=True)
+    processor.save_pretrained(path)
+    processor.image_processor.save_pretrained(path)
+
+
+def apply_umask(root: str | Path) -> None:
+    """mkdtemp makes 0700 dirs (and safetensors 0600 files); a shared output must be readable like any
+    other checkpoint, so give the directory and its files the permissions the umask allows."""
+    mask = os.umask(0)
+    os.umask(mask)
+    root = Path(root)
+    root.chmod(0o777 & ~mask)
+    for f in root.iterdir():
+        f.chmod(0o666 & ~mask)

@@ -345,7 +345,7 @@ def build_tiny_model(out: str | Path, tokenizer: str = "bpe", seed: int = 0) -> 
 
     The directory appears whole or not at all: files are written to a sibling temp dir and renamed.
     """
-    from .checkpoint import check_checkpoint_dir
+    from .checkpoint import apply_umask, check_checkpoint_dir, save_vlm
 
     if tokenizer not in TOKENIZERS:
         raise TinyBuildError(f"unknown tokenizer {tokenizer!r} (choose from {', '.join(TOKENIZERS)})")
@@ -361,15 +361,12 @@ def build_tiny_model(out: str | Path, tokenizer: str = "bpe", seed: int = 0) -> 
         tok = build_tokenizer(spec.tokenizer, spec.arch)
         processor = build_processor(tok, spec.arch)
         model = build_model(tok, spec)
-        model.save_pretrained(staging, safe_serialization=True)
-        processor.save_pretrained(staging)
-        # Also the hub layout's standalone file, for tools that read the image processor alone.
-        processor.image_processor.save_pretrained(staging)
+        save_vlm(model, processor, staging)
         (staging / "saferl_tiny.json").write_text(
             json.dumps({"builder_version": BUILDER_VERSION, **asdict(spec)}, indent=2) + "\n"
         )
         check_checkpoint_dir(staging)
-        _apply_umask(staging)
+        apply_umask(staging)
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(staging, out)
@@ -377,15 +374,6 @@ def build_tiny_model(out: str | Path, tokenizer: str = "bpe", seed: int = 0) -> 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
-
-
-def _apply_umask(root: Path) -> None:
-    """mkdtemp makes 0700 dirs (and safetensors 0600 files); a shared cache must be readable by all."""
-    mask = os.umask(0)
-    os.umask(mask)
-    root.chmod(0o777 & ~mask)
-    for f in root.iterdir():
-        f.chmod(0o666 & ~mask)
 
 
 def default_cache_dir() -> Path:
