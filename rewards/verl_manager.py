@@ -82,7 +82,8 @@ class SafetyRewardManager(RewardManagerBase):
         # transcript with the unsafe attempt and the reflection in it.
         loop_fields = row.get("tool_extra_fields") or {}
         response = loop_fields.get("final_response") or response
-        [sample] = await self.scorer.score([judge_input_from_row(row, response)])
+        item = judge_input_from_row(row, response)
+        [sample] = await self.scorer.score([item])
         self.recent.append(sample.failed)
         check_failure_fraction(
             sum(self.recent),
@@ -91,4 +92,7 @@ class SafetyRewardManager(RewardManagerBase):
             self.scorer.judge.endpoint,
             self.scorer.last_error,
         )
-        return {"reward_score": sample.score, "reward_extra_info": extra_info(sample, self.scorer.rubric)}
+        return {
+            "reward_score": sample.score,
+            "reward_extra_info": extra_info(sample, self.scorer.rubric, item),
+        }

@@ -288,10 +288,14 @@ class HFGenerationServer:
         request = _Request(prompt_ids, spec, pixel_values, grid_thw, loop.create_future(), loop.time())
         self._pending.append(request)
         self._arrived.set()
-        return await request.future
+        output = await request.future
+        # verl's trainer reads the weight version each output was sampled with (its staleness metrics,
+        # trainer_base.py:1897, via llm_server.py:158-162): part of the server contract, as vLLM's.
+        output.extra_fields["global_steps"] = self.weights_version
+        return output
 
     async def update_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
-        """Load the trainer's new policy weights (the local engine calls this after every optimizer step).
+        """Load the trainer's new policy weights (the hf rollout backend calls this after every update).
 
         Runs on the generation thread, so it can never interleave with a batch in flight: requests
         queued before the update decode with the old weights, later ones with the new. Returns the

@@ -30,12 +30,12 @@ from verl.utils.profiler import simple_timer
 from rewards.faults import check_failure_fraction
 from rewards.judge import HARMFUL, OVER_REFUSAL, JudgeInput
 from rewards.rubric import POINTS, SAFETY, load_reward_config
-from rewards.scorer import RewardScorer, ScoredSample
+from rewards.scorer import RewardScorer, ScoredSample, extra_info
 from saferl.policies import PolicyCategory, load_policies
 
 NAME = "safe_reflect"
 DEFAULT_ROLLOUT_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "rollout" / "default.yaml"
-MODES = ("replace", "extra")
+MODES = ("replace",)
 REINFORCE = ("correction_only", "whole_trajectory")
 _WORDS = re.compile(r"[a-z]+")
 
@@ -69,6 +69,29 @@ def safety_of(sample: ScoredSample, threshold: float, safety_scale: float = POIN
         safety is not None and safety < threshold and OVER_REFUSAL not in sample.flags
     )
     return SafetyCheck("unsafe" if unsafe else "safe", safety)
+
+
+def check_rollout_mode(cfg: Any) -> None:
+    """`saferl.rollout.mode` and `reinforce`, refused with the reason when verl cannot run them."""
+    if cfg.mode == "extra":
+        raise ValueError(
+            "saferl.rollout.mode=extra is not supported: verl 0.9.1's agent loop yields one trajectory per "
+            "prompt sample, so the correction cannot be added to the group beside the unsafe attempt; "
+            "use saferl.rollout.mode=replace"
+        )
+    if cfg.mode not in MODES or cfg.reinforce not in REINFORCE:
+        raise ValueError(f"saferl.rollout: mode must be in {MODES} and reinforce in {REINFORCE}")
+
+
+def merge_server_fields(first: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """The rollout server's fields over a multi-turn trajectory: every field of the first turn, and the
+    weight version of the last. verl's trainer reads `min_global_steps` / `max_global_steps` of every
+    trajectory (llm_server.py:158-162 sets them, trainer_base.py:1897 reads them), as verl's own
+    multi-turn loop keeps them (tool_agent_loop.py:261-267)."""
+    merged = dict(first)
+    if later.get("max_global_steps") is not None:
+        merged["max_global_steps"] = later["max_global_steps"]
+    return merged
 
 
 def select_clause(policy: PolicyCategory, text: str):
@@ -117,11 +140,14 @@ class SafeReflectAgentLoop(AgentLoopBase):
         self.response_length = self.rollout_config.response_length
         cfg = OmegaConf.select(self.config, "saferl.rollout")
         self.cfg = cfg if cfg is not None else load_rollout_config()
-        if self.cfg.mode not in MODES or self.cfg.reinforce not in REINFORCE:
-            raise ValueError(f"saferl.rollout: mode must be in {MODES} and reinforce in {REINFORCE}")
+        check_rollout_mode(self.cfg)
         reward_cfg = OmegaConf.select(self.config, "saferl.reward")
         reward_cfg = reward_cfg if reward_cfg is not None else load_reward_config()
-        if self.cfg.safety_check.get("judge") is not None:
+        # The last safety check judges the final answer with the reward's own judge and rubric, so its
+        # score is the reward: handed to verl, the reward loop does not judge the same answer again.
+        # A separate safety-check judge makes it a different judgement, and the reward loop scores.
+        self.check_is_reward = self.cfg.safety_check.get("judge") is None
+        if not self.check_is_reward:
             reward_cfg = OmegaConf.merge(reward_cfg, {"judge": self.cfg.safety_check.judge})
         key = OmegaConf.to_yaml(reward_cfg)
         if key not in self._checkers:
@@ -131,7 +157,7 @@ class SafeReflectAgentLoop(AgentLoopBase):
 
     async def _check(
         self, kwargs: dict[str, Any], question: str, response: str, image: bytes | None
-    ) -> SafetyCheck:
+    ) -> tuple[SafetyCheck, ScoredSample, JudgeInput]:
         item = JudgeInput.from_row(
             {**kwargs, "id": kwargs.get("sample_id"), "question": question}, response, image
         )
@@ -147,7 +173,7 @@ class SafeReflectAgentLoop(AgentLoopBase):
             self.checker.last_error,
         )
         scale = {c.name: c.scale for c in self.checker.rubric.criteria}[SAFETY]
-        return safety_of(sample, float(self.cfg.safety_check.threshold), scale)
+        return safety_of(sample, float(self.cfg.safety_check.threshold), scale), sample, item
 
     async def _generate(
         self, request_id: str, token_ids: list[int], sampling_params: dict, images, metrics: dict, used: int
@@ -192,10 +218,11 @@ class SafeReflectAgentLoop(AgentLoopBase):
         output = await self._generate(request_id, running, sampling_params, images, metrics, 0)
         running, mask, logprobs = await self._append_turn(running, output, mask, logprobs)
         first_end = len(mask)  # response positions of the first attempt
+        server_fields = dict(output.extra_fields)
         response = first_response = self._decode(output.token_ids)
-        before = after = await self._check(kwargs, question, response, image)
+        before, judged, judged_item = await self._check(kwargs, question, response, image)
+        after = before
         reflection_text = None
-        original = (list(mask), list(logprobs), list(running))
         clause_id, rounds = None, 0
         turns = 2
 
@@ -215,8 +242,9 @@ class SafeReflectAgentLoop(AgentLoopBase):
             rounds, clause_id, reflection_text = rounds + 1, cited, text
             output = await self._generate(request_id, running, sampling_params, images, metrics, len(mask))
             running, mask, logprobs = await self._append_turn(running, output, mask, logprobs)
+            server_fields = merge_server_fields(server_fields, output.extra_fields)
             response = self._decode(output.token_ids)
-            after = await self._check(kwargs, question, response, image)
+            after, judged, judged_item = await self._check(kwargs, question, response, image)
             turns += 2
 
         reflected = rounds > 0
@@ -224,6 +252,7 @@ class SafeReflectAgentLoop(AgentLoopBase):
         if reflected and self.cfg.reinforce == "correction_only":
             corrected_mask[:first_end] = [0] * first_end
         extra = {
+            **server_fields,
             "reflected": reflected,
             "verdict_before": before.verdict,
             "verdict_after": after.verdict,
@@ -237,14 +266,11 @@ class SafeReflectAgentLoop(AgentLoopBase):
             "final_response": response,
             "first_response": first_response,
             "reflection_text": reflection_text,
-            "correction": None,
         }
-        if reflected and self.cfg.mode == "extra":
-            # verl keeps the unsafe trajectory; the local engine adds the correction to the group.
-            extra["correction"] = self._trajectory(prompt_ids, running, corrected_mask, logprobs)
-            extra["final_response"] = self._decode(original[2][len(prompt_ids) :])
-            running, corrected_mask, logprobs = original[2], original[0], original[1]
-            turns = 2
+        reward_score = None
+        if self.check_is_reward and not judged.failed:
+            reward_score = judged.score
+            extra["reward_extra_info"] = extra_info(judged, self.checker.rubric, judged_item)
         trajectory = self._trajectory(prompt_ids, running, corrected_mask, logprobs)
         return AgentLoopOutput(
             prompt_ids=trajectory["prompt_ids"],
@@ -252,6 +278,7 @@ class SafeReflectAgentLoop(AgentLoopBase):
             response_mask=trajectory["response_mask"],
             response_logprobs=trajectory["response_logprobs"],
             multi_modal_data=multi_modal_data,
+            reward_score=reward_score,
             num_turns=turns,
             metrics=metrics,
             extra_fields=extra,

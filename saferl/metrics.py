@@ -2,7 +2,7 @@
 
 Every function takes `columns`: a mapping of column name -> one value per sample. That is exactly a verl
 `DataProto.non_tensor_batch` (numpy arrays, object or not) and also a plain dict of lists, so the same
-numbers come out of verl's trainer, the local engine and the tests.
+numbers come out of verl's trainer (saferl.replay_buffer), evaluation and the tests.
 
 Where the columns come from:
 - the agent loop `safe_reflect` (rollout/reflect_loop.py): `reflected`, `verdict_before`, `verdict_after`,

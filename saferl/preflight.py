@@ -19,6 +19,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
+# gpu: verl's own platforms and vLLM; cpu: saferl's CPU platform and HF rollout (conf/platform/cpu.yaml).
+PLATFORMS = ("cpu", "gpu")
 # Config keys that would hold a secret's value (the *_env keys hold a variable's NAME, which is fine).
 _SECRET_KEY = re.compile(r"(api_?key|secret|password|token)$", re.IGNORECASE)
 # Variables whose values must never appear anywhere in the config.
@@ -95,22 +97,14 @@ def _validate_verl(cfg: DictConfig) -> tuple[str, str]:
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    if cfg.saferl.engine != "verl":
-        # verl's arithmetic is per GPU; the local engine checks its own batch sizes.
-        from saferl.engines.local import check_batch_sizes
-
-        check_batch_sizes(cfg)
-        return OK, "local engine batch sizes consistent"
     validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
     return OK, f"verl validate_config ({cfg.trainer.nnodes} x {cfg.trainer.n_gpus_per_node} GPUs)"
 
 
-def _check_engine(cfg: DictConfig) -> tuple[str, str]:
-    from saferl.train import ENGINES
-
-    if cfg.saferl.engine not in ENGINES:
-        return FAIL, f"saferl.engine={cfg.saferl.engine!r}: must be one of {ENGINES}"
-    return OK, cfg.saferl.engine
+def _check_platform(cfg: DictConfig) -> tuple[str, str]:
+    if cfg.saferl.platform not in PLATFORMS:
+        return FAIL, f"saferl.platform={cfg.saferl.platform!r}: must be one of {PLATFORMS}"
+    return OK, f"{cfg.saferl.platform}, rollout {cfg.actor_rollout_ref.rollout.name}"
 
 
 def _check_model(cfg: DictConfig) -> tuple[str, str]:
@@ -196,18 +190,18 @@ def _check_parts(cfg: DictConfig) -> tuple[str, str]:
 
 
 def _check_rollout_mode(cfg: DictConfig) -> tuple[str, str]:
-    from saferl.engines import check_rollout_mode
+    from rollout.reflect_loop import check_rollout_mode
 
-    check_rollout_mode(cfg)  # raises with the reason, which _check reports as FAIL
+    check_rollout_mode(cfg.saferl.rollout)  # raises with the reason, which _check reports as FAIL
     return OK, f"saferl.rollout.mode={cfg.saferl.rollout.mode}"
 
 
 def _check_hardware(cfg: DictConfig) -> tuple[str, str]:
-    import importlib.util
+    if cfg.saferl.platform == "gpu":
+        import importlib.util
 
-    import torch
+        import torch
 
-    if cfg.saferl.engine == "verl":
         problems = []
         if not torch.cuda.is_available():
             problems.append("no CUDA device here")
@@ -216,10 +210,7 @@ def _check_hardware(cfg: DictConfig) -> tuple[str, str]:
         if problems:
             return WARN, "; ".join(problems) + ": fine for a dry run, needed on the GPU nodes"
         return OK, f"{torch.cuda.device_count()} CUDA device(s), vllm installed"
-    device = cfg.saferl.local.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        return FAIL, f"saferl.local.device={device} but no CUDA device"
-    return OK, f"local engine on {device}"
+    return OK, "verl's trainer on this machine's CPU (saferl.cpu_platform), HF rollout"
 
 
 def _check_output(cfg: DictConfig) -> tuple[str, str]:
@@ -234,7 +225,7 @@ def preflight(cfg: DictConfig) -> Report:
     """Run every check and print the report; `report.ok` is False when any check FAILed."""
     report = Report()
     _check(report, "secrets", lambda: (check_no_secrets(cfg), (OK, "none in the config"))[1])
-    _check(report, "engine", lambda: _check_engine(cfg))
+    _check(report, "platform", lambda: _check_platform(cfg))
     _check(report, "config", lambda: _validate_verl(cfg))
     _check(report, "parts", lambda: _check_parts(cfg))
     _check(report, "rollout", lambda: _check_rollout_mode(cfg))

@@ -1,11 +1,21 @@
 """`python -m saferl.train +exp=NAME [overrides]`: the training entry point, a thin Hydra main.
 
-Like verl's recipes, the config is verl's own `ppo_trainer` extended in `conf/train.yaml`; saferl's keys
-live under `saferl.*`. This module only prepares what both engines need (the tiny model when asked for,
-the data in verl's format, secrets kept out of the config) and hands over:
+There is one trainer: verl's own (`run_ppo` with `TaskRunnerV1`, i.e. `PPOTrainerSync`), for every
+experiment. `+exp=tiny` runs it on CPU through saferl's verl plugins (the `cpu` platform and the `hf`
+rollout backend, `conf/platform/cpu.yaml`); `+exp=qwen3b` on GPU nodes with vLLM. As in verl's recipes,
+the config is verl's `ppo_trainer` extended in `conf/train.yaml`, saferl's keys live under `saferl.*`, and
+saferl's parts are selected by config (`safe_reflect`, `saferl_safety`, `saferl_grpo`, `QISafeDataset`,
+`SaferlReplayBuffer`).
 
-- `saferl.engine=verl`: verl's own task runner (`run_ppo` with `TaskRunnerV1`), GPUs, vLLM;
-- `saferl.engine=local`: `saferl.engines.local`, one machine, CPU or one GPU, the same parts.
+What this driver does before handing over, and why it is here rather than in verl's task runner:
+
+- sets the platform's environment (`saferl.env`) before verl is imported, and hands it to every Ray
+  process, since verl picks its platform once per process;
+- builds the tiny model when asked, converts the QI-Safe-10K data to verl's format, and runs the PST
+  warm start as a stage before RL (`saferl.warm_start`);
+- resolves the whole config here, where `${oc.env:...}` sees the user's environment and the
+  `saferl_repo` resolver is registered, and writes it to the run directory;
+- gives each launch its own metrics file (verl's file logger truncates the file it opens).
 
 `saferl.dry_run=true` runs the preflight checks (`saferl.preflight`) and exits without training.
 """
@@ -13,15 +23,17 @@ the data in verl's format, secrets kept out of the config) and hands over:
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
-ENGINES = ("local", "verl")
+# What verl's checkpoints write last (trainer_base.py `_save_checkpoint`): the step a resume starts from.
+LATEST_CHECKPOINT = "latest_checkpointed_iteration.txt"
 
 logger = logging.getLogger("saferl.train")
 
@@ -41,15 +53,52 @@ def use_tiny_model(cfg: DictConfig) -> None:
         cfg.actor_rollout_ref.model.path = str(path)
 
 
+def apply_platform_env(cfg: DictConfig) -> None:
+    """`saferl.env` into this process and into every Ray process verl starts (its job runtime_env).
+
+    Must run before verl is imported in this process: verl resolves its platform once, on first use."""
+    env = {str(k): str(v) for k, v in (cfg.saferl.get("env") or {}).items()}
+    os.environ.update(env)
+    with open_dict(cfg):
+        ray_env_vars(cfg).update(env)
+
+
+def ray_env_vars(cfg: DictConfig) -> DictConfig:
+    """`ray_kwargs.ray_init.runtime_env.env_vars`: what verl's ray.init hands every Ray process."""
+    runtime_env = cfg.ray_kwargs.ray_init.runtime_env
+    with open_dict(cfg):
+        if runtime_env.get("env_vars") is None:
+            runtime_env.env_vars = {}
+    return runtime_env.env_vars
+
+
+def resume_step(cfg: DictConfig) -> int:
+    """The step verl will resume from (0 for a fresh run), read as verl's `_load_checkpoint` finds it."""
+    if cfg.trainer.resume_mode == "disable":
+        return 0
+    if cfg.trainer.resume_mode == "resume_path":
+        return int(str(cfg.trainer.resume_from_path).rstrip("/").split("global_step_")[-1])
+    marker = Path(cfg.trainer.default_local_dir) / LATEST_CHECKPOINT
+    return int(marker.read_text().strip()) if marker.is_file() else 0
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
 def prepare(cfg: DictConfig) -> DictConfig:
-    """Fill in what the config names but does not yet hold: the tiny model's path and the verl-format
-    data. Returns the config with `actor_rollout_ref.model.path` and `data.*_files` set."""
-    from saferl.preflight import check_no_secrets
+    """Fill in what the config names but does not yet hold (the tiny model's path, the verl-format data,
+    the warm-started policy), resolve it, write it to the run directory, and set the launch's metrics file."""
+    from saferl.preflight import PLATFORMS, check_no_secrets
 
     check_no_secrets(cfg)
-    if cfg.saferl.engine not in ENGINES:
-        raise ValueError(f"saferl.engine={cfg.saferl.engine!r}: must be one of {ENGINES}")
+    if cfg.saferl.platform not in PLATFORMS:
+        raise ValueError(f"saferl.platform={cfg.saferl.platform!r}: must be one of {PLATFORMS}")
+    with open_dict(cfg):
+        # verl's workers run in other processes (other working directories on other nodes).
+        cfg.trainer.default_local_dir = _absolute(cfg.trainer.default_local_dir)
     run_dir = Path(cfg.trainer.default_local_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     use_tiny_model(cfg)
     if cfg.actor_rollout_ref.model.path is None:
         raise ValueError("actor_rollout_ref.model.path is not set (or set saferl.tiny_model=bpe)")
@@ -60,32 +109,96 @@ def prepare(cfg: DictConfig) -> DictConfig:
         if not source.is_dir():
             raise FileNotFoundError(f"saferl.data.dir={source}: no such directory")
         out = run_dir / "data"
-        counts = convert_dataset(source, out)
+        counts = convert_dataset(source, out, val_agent_loop=cfg.saferl.val_agent_loop)
         missing = [split for split in ("train", "val") if split not in counts]
         if missing:
             raise FileNotFoundError(f"saferl.data.dir={source}: no rows of split {' or '.join(missing)}")
         logger.info("data: %s -> %s (%s)", source, out, counts)
         cfg.data.train_files = str(out / "train.parquet")
         cfg.data.val_files = str(out / "val.parquet")
+    warm_start_stage(cfg, run_dir)
+    OmegaConf.resolve(cfg)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    step = resume_step(cfg)
+    if step:
+        from saferl.resume import trim_after
+
+        if trim_after(run_dir, step):
+            cfg.trainer.val_before_train = False  # the killed launch logged the validation at `step`
+        print(f"saferl: resuming from {run_dir / f'global_step_{step}'} at step {step}", flush=True)
+    metrics = run_dir / "metrics" / f"from_step_{step}.jsonl"
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        env_vars = ray_env_vars(cfg)
+        env_vars.VERL_FILE_LOGGER_PATH = str(metrics)
+        env_vars.WANDB_DIR = str(run_dir)
+        env_vars.SAFERL_RUN_DIR = str(run_dir)
+    logger.info("resolved config: %s; metrics of this launch: %s", run_dir / "config.yaml", metrics)
     return cfg
 
 
+def warm_start_stage(cfg: DictConfig, run_dir: Path) -> None:
+    """PST's policy-guided SFT before RL, when `saferl.warm_start.enable`; RL then starts from its output.
+
+    It runs in this process on one device. On GPU nodes that is refused rather than run on the CPU or
+    skipped: a multi-GPU SFT belongs to verl's own SFT trainer, which saferl does not drive yet."""
+    ws = cfg.saferl.warm_start
+    if not ws.enable:
+        return
+    if cfg.saferl.platform != "cpu":
+        raise ValueError(
+            "saferl.warm_start.enable=true on a GPU experiment: the warm start runs in the driver on one "
+            "device, which is not how a 3B/7B model is fine-tuned, and saferl does not drive verl's "
+            "multi-GPU SFT trainer (verl.trainer.sft_trainer) yet. Warm-start separately "
+            "(python -m saferl.warm_start --model ... --train ... --out DIR) and point "
+            "actor_rollout_ref.model.path at DIR, or set saferl.warm_start.enable=false."
+        )
+    from saferl.warm_start import warm_start
+
+    base = str(cfg.actor_rollout_ref.model.path)
+    out = warm_start(base, cfg.data.train_files, ws, run_dir / "warm_start", data_config=cfg.data)
+    logger.info("warm start (PST SFT, %s steps): %s", ws.steps, out)
+    cfg.actor_rollout_ref.model.path = str(out)
+
+
+def run_verl(cfg: DictConfig) -> None:
+    """verl's `main_ppo.main`, minus Hydra: auto device, `validate_config`, `run_ppo` with TaskRunnerV1."""
+    from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+    from verl.utils.device import auto_set_device
+
+    auto_set_device(cfg)
+    validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    if cfg.saferl.ray.address:  # a cluster started by scripts/slurm: verl's ray.init joins it
+        with open_dict(cfg):
+            init = cfg.ray_kwargs.ray_init
+            init.address = cfg.saferl.ray.address
+            # The cluster's resources are the nodes' own (`ray start --num-cpus/--num-gpus`): Ray refuses
+            # a join that names them again.
+            for key in ("num_cpus", "num_gpus"):
+                if key in init:
+                    init[key] = None
+    print(
+        f"saferl: verl {cfg.trainer.v1.trainer_mode} trainer (TaskRunnerV1), platform {cfg.saferl.platform}"
+    )
+    run_ppo(cfg, task_runner_class=TaskRunnerV1)
+
+
 def run(cfg: DictConfig) -> None:
-    """Prepare, then dry-run or train with the selected engine."""
-    OmegaConf.set_struct(cfg, False)
+    """Set the platform up, then dry-run or train with verl's trainer."""
+    apply_platform_env(cfg)
     if cfg.saferl.dry_run:
         from saferl.preflight import preflight
 
         sys.exit(0 if preflight(cfg).ok else 1)
     cfg = prepare(cfg)
-    if cfg.saferl.engine == "verl":
-        from saferl.engines.verl_engine import run_verl
+    run_verl(cfg)
+    from saferl.resume import logged_steps
 
-        run_verl(cfg)
-    else:
-        from saferl.engines.local import run_local
-
-        run_local(cfg)
+    run_dir = Path(cfg.trainer.default_local_dir)
+    steps = [s for s in logged_steps(run_dir) if s > 0]
+    print(f"saferl: finished {max(steps, default=0)} steps; outputs in {run_dir}", flush=True)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base=None)

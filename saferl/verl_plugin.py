@@ -11,9 +11,10 @@ from __future__ import annotations
 import importlib
 import logging
 
-# Modules whose import registers saferl's parts into verl. Each later component appends its module
-# (the reflect-and-correct agent loop, the structured reward manager, the dataset class).
+# Modules whose import registers saferl's parts into verl's registries.
 REGISTERING_MODULES: tuple[str, ...] = (
+    "saferl.cpu_platform",  # platform `cpu` (selected only by VERL_PLATFORM=cpu)
+    "rollout.hf_replica",  # rollout backend `hf` (replica + in-worker weight-sync adapter)
     "rewards.verl_manager",  # reward manager `saferl_safety`
     "rewards.grpo",  # advantage estimator `saferl_grpo` (judge failures excluded)
     "rollout.reflect_loop",  # agent loop `safe_reflect`

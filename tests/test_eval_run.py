@@ -30,33 +30,35 @@ SECRET = "sk-judge-never-logged-4242"
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A training run's directory with two checkpoints written by the engine's own checkpoint code,
+    """A training run's directory laid out as verl's trainer writes it (`global_step_N/actor/huggingface`
+    with `checkpoint.save_contents` holding `hf_model`, beside the FSDP shards), with two checkpoints,
     the second with perturbed weights (a policy that moved)."""
     import torch
 
-    from saferl.engines import checkpoint as ckpt
-    from saferl.models.checkpoint import load_vlm
+    from saferl.models.checkpoint import load_vlm, save_vlm
 
     root = tmp_path_factory.mktemp("run")
     processor, model = load_vlm(tiny_model_dir)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ckpt.save_checkpoint(root, 10, model, processor, optimizer, {})
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    ckpt.save_checkpoint(root, 20, model, processor, optimizer, {})
+    for step in (10, 20):
+        actor = root / f"global_step_{step}" / "actor"
+        save_vlm(model, processor, actor / "huggingface")
+        (actor / "model_world_size_1_rank_0.pt").write_bytes(b"FSDP shard stand-in: not a model directory")
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    (root / "latest_checkpointed_iteration.txt").write_text("20")
     return root
 
 
 def test_checkpoints_resolve_from_run_step_and_model_dirs(run_dir: Path, tiny_model_dir: Path) -> None:
     found = resolve_checkpoints([str(run_dir)], None)
     assert [(c.name, c.path) for c in found] == [
-        ("global_step_10", (run_dir / "global_step_10" / "actor").resolve()),
-        ("global_step_20", (run_dir / "global_step_20" / "actor").resolve()),
+        ("global_step_10", (run_dir / "global_step_10" / "actor" / "huggingface").resolve()),
+        ("global_step_20", (run_dir / "global_step_20" / "actor" / "huggingface").resolve()),
     ]
     step = resolve_checkpoints(
-        [str(run_dir / "global_step_20"), str(run_dir / "global_step_10" / "actor")], None
+        [str(run_dir / "global_step_20"), str(run_dir / "global_step_10" / "actor" / "huggingface")], None
     )
     assert [c.name for c in step] == ["global_step_20", "global_step_10"]
     base = resolve_checkpoints([], str(tiny_model_dir))

@@ -55,3 +55,27 @@ def test_saferl_grpo_excludes_failed_samples() -> None:
     # The others are normalised among themselves only: scores 1, 3, 2 -> mean 2, std 1.
     assert adv[[0, 2, 3], -1].tolist() == pytest.approx([-1.0, 1.0, 0.0], abs=1e-5)
     assert torch.isfinite(adv).all()
+
+
+def test_saferl_grpo_follows_the_algorithm_config_through_verls_own_call() -> None:
+    """verl calls a registered estimator with the algorithm config and no `norm_adv_by_std_in_grpo`
+    (ray_trainer.py `compute_advantage`): Dr. GRPO (`false`) must still mean unnormalised advantages."""
+    from verl import DataProto
+    from verl.trainer.config import AlgoConfig
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    scores = [1.0, 3.0, 2.0, 5.0, 5.0, 0.0]
+    index = np.array(["a", "a", "a", "b", "b", "b"], dtype=object)
+    for norm in (True, False):
+        data = DataProto.from_dict(
+            tensors={"token_level_rewards": _rewards(scores), "response_mask": torch.ones(6, 3)},
+            non_tensors={"uid": index},
+        )
+        config = AlgoConfig(adv_estimator="saferl_grpo", norm_adv_by_std_in_grpo=norm)
+        ours = compute_advantage(
+            data, adv_estimator="saferl_grpo", norm_adv_by_std_in_grpo=norm, config=config
+        )
+        theirs, _ = compute_grpo_outcome_advantage(
+            _rewards(scores), torch.ones(6, 3), index, norm_adv_by_std_in_grpo=norm
+        )
+        assert torch.allclose(ours.batch["advantages"], theirs), norm

@@ -169,20 +169,48 @@ def test_correction_only_masks_the_unsafe_attempt(servers, rows: list[dict], tin
             assert nt["final_response"][i]
 
 
-def test_extra_mode_keeps_the_unsafe_trajectory_and_hands_over_the_correction(
+def test_extra_mode_is_refused_with_the_reason(servers, rows, tiny_model_dir) -> None:
+    # verl's agent-loop worker builds the loop through Hydra, which wraps the loop's ValueError.
+    with pytest.raises(Exception, match=r"mode=extra is not supported: verl 0\.9\.1's agent loop yields one"):
+        run_rollout(trainer_config(tiny_model_dir, rollout=["mode=extra"]), servers, rows)
+
+
+def test_the_last_check_is_the_reward_verl_receives(whole: DataProto) -> None:
+    """The loop's last safety check judged the final answer with the reward's judge: its score goes to
+    verl as the trajectory's reward, so verl's reward loop does not judge the same answer again."""
+    nt = whole.non_tensor_batch
+    scores = whole.batch["rm_scores"].sum(dim=-1)
+    assert torch.isfinite(scores).all()
+    for i in range(len(whole)):
+        assert nt["response"][i] == nt["final_response"][i]  # the judged text is the final answer
+        assert float(scores[i]) == pytest.approx(float(nt["score"][i]))
+        label = nt["safety_label"][i]
+        assert (nt["harmful_rate"][i] is None) == (label != "unsafe")
+        assert (nt["refusal_rate"][i] is None) == (label != "safe")
+
+
+def test_a_separate_safety_judge_leaves_the_reward_to_verls_reward_loop(
     servers, rows, tiny_model_dir
 ) -> None:
-    out = run_rollout(trainer_config(tiny_model_dir, rollout=["mode=extra"]), servers, rows)
-    nt = out.non_tensor_batch
-    for i in range(len(out)):
-        if nt["reflected"][i]:
-            correction = nt["correction"][i]
-            assert len(correction["response_ids"]) == len(correction["response_mask"]) > 0
-            assert int((out.batch["response_mask"][i] == 0).sum()) == int(
-                (out.batch["attention_mask"][i, -RESPONSE_LENGTH:] == 0).sum()
-            )
-        else:
-            assert nt["correction"][i] is None
+    out = run_rollout(trainer_config(tiny_model_dir, rollout=["safety_check.judge.kind=rule"]), servers, rows)
+    assert "rm_scores" not in out.batch.keys()  # noqa: SIM118  (a TensorDict refuses `in` on itself)
+    assert "score" not in out.non_tensor_batch
+
+
+def test_the_servers_weight_versions_survive_the_turns() -> None:
+    """verl's trainer reads min/max_global_steps of every trajectory (trainer_base.py:1897), and its
+    server client sets them on each turn's output (llm_server.py:158-162). A loop that rebuilt
+    `extra_fields` without them failed verl at the end of step 1; the smoke run covers the whole path."""
+    from rollout.reflect_loop import merge_server_fields
+
+    first = {"global_steps": 3, "min_global_steps": 3, "max_global_steps": 3}
+    later = {"global_steps": 4, "min_global_steps": 4, "max_global_steps": 4}
+    assert merge_server_fields(first, later) == {
+        "global_steps": 3,
+        "min_global_steps": 3,
+        "max_global_steps": 4,
+    }
+    assert merge_server_fields(first, {}) == first
 
 
 def test_judge_failure_during_the_check_follows_the_fault_policy(servers, rows, tiny_model_dir) -> None:

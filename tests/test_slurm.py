@@ -165,6 +165,8 @@ def _env(standins: Path, ray_tmp: Path, **extra: str) -> dict[str, str]:
             f"--ray-client-server-port={_free_port()}"
         ),
         RAY_WAIT_TIMEOUT="180",
+        # Every stand-in node is this host: it advertises loopback, which the scripts refuse unless told.
+        RAY_ALLOW_LOOPBACK="1",
         GPUS_PER_NODE="0",
         RUN_DIR=str(ray_tmp / "run"),
     )
@@ -278,9 +280,10 @@ def test_multi_node_on_one_machine(standins: Path, ray_tmp: Path, saferl_cache: 
     a head and a worker node (two raylets on this host), both alive before the driver starts, the driver
     joined to that cluster, one tiny_smoke training step, exit 0, then nothing of the cluster left running.
 
-    One CPU per node, and the tiny experiments' two rollout servers take one CPU each: the run can only
-    finish by placing one on each node, so the worker node is used, not just present."""
-    env = _env(standins, ray_tmp, CPUS_PER_NODE="1", SAFERL_CACHE_DIR=str(saferl_cache))
+    One fake GPU per node and `trainer.nnodes=2`: verl's trainer places one FSDP worker (and one HF
+    rollout replica) on each node, so the worker node is used, not just present."""
+    # verl's CPU platform places one worker per (fake) GPU: one per node, an FSDP group across both.
+    env = _env(standins, ray_tmp, CPUS_PER_NODE="4", GPUS_PER_NODE="1", SAFERL_CACHE_DIR=str(saferl_cache))
     run_dir = ray_tmp / "run"
     command = [
         "bash",
@@ -315,8 +318,8 @@ def test_multi_node_on_one_machine(standins: Path, ray_tmp: Path, saferl_cache: 
 
     # The cluster: both nodes alive before the driver started, a head and a worker.
     assert "ray cluster: 2/2 nodes alive" in output, tail
-    assert re.search(r"node .*: CPU=1 GPU=0 head=True", output), tail
-    assert re.search(r"node .*: CPU=1 GPU=0 head=False", output), tail
+    assert re.search(r"node .*: CPU=4 GPU=1 head=True", output), tail
+    assert re.search(r"node .*: CPU=4 GPU=1 head=False", output), tail
     logs = ray_tmp / "session_latest" / "logs"
     assert (logs / "raylet.out").is_file() and (logs / "raylet.1.out").is_file(), "expected two raylets"
 
@@ -325,7 +328,7 @@ def test_multi_node_on_one_machine(standins: Path, ray_tmp: Path, saferl_cache: 
     assert output.index("ray cluster: 2/2 nodes alive") < driver_at
     driver_output = output[driver_at:]
     assert "saferl.ray.address=127.0.0.1:" in driver_output.splitlines()[0]
-    assert "trainer.nnodes=2 trainer.n_gpus_per_node=0" in driver_output.splitlines()[0]
+    assert "trainer.nnodes=2 trainer.n_gpus_per_node=1" in driver_output.splitlines()[0]
     assert "Connecting to existing Ray cluster" in driver_output, tail
     assert "driver exited with status 0" in driver_output, tail
 
@@ -336,7 +339,12 @@ def test_multi_node_on_one_machine(standins: Path, ray_tmp: Path, saferl_cache: 
         f"srun -w {NODES[0]}: ray start --head --node-ip-address=127.0.0.1 --port={env['RAY_PORT']}"
         in srun_log
     )
-    assert f"srun -w {NODES[1]}: ray start --address=127.0.0.1:{env['RAY_PORT']}" in srun_log
+    assert f"srun -w {NODES[1]}: hostname --ip-address" in srun_log  # each worker's own address
+    assert (
+        f"srun -w {NODES[1]}: ray start --address=127.0.0.1:{env['RAY_PORT']} --node-ip-address=127.0.0.1"
+        in srun_log
+    )
+    assert "saferl: verl sync trainer (TaskRunnerV1), platform cpu" in driver_output, tail
     for node in NODES:
         assert f"srun -w {node}: ray stop" in srun_log
 
@@ -347,3 +355,28 @@ def test_multi_node_on_one_machine(standins: Path, ray_tmp: Path, saferl_cache: 
         time.sleep(1)
     assert not _processes_mentioning(str(ray_tmp))
     print(f"multi_node.sbatch on two stand-in nodes: {elapsed:.0f} s")
+
+
+@pytest.mark.parametrize(
+    ("addresses", "allow_loopback", "expected"),
+    [
+        ("::1 127.0.1.1 10.1.2.3", "0", "10.1.2.3"),  # Debian's /etc/hosts entry first: skipped
+        ("127.0.1.1", "0", None),  # nothing another node can reach: an error, not a loopback head
+        ("127.0.1.1", "1", "127.0.1.1"),  # a one-machine "cluster", said so explicitly
+    ],
+)
+def test_the_head_never_advertises_loopback_unless_told(
+    addresses: str, allow_loopback: str, expected
+) -> None:
+    script = (
+        f"source {ROOT / 'scripts' / 'slurm' / 'common.sh'}; source {ROOT / 'scripts' / 'slurm' / 'ray_cluster.sh'}; "
+        f"ray_cluster_first_ipv4 '{addresses}'"
+    )
+    result = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        env=_base_env(RAY_ALLOW_LOOPBACK=allow_loopback),
+    )
+    assert (result.returncode == 0) == (expected is not None)
+    assert result.stdout == (expected or "")

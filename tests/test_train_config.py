@@ -17,8 +17,8 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from judge_server import FakeJudgeServer
+from omegaconf import OmegaConf
 
-from saferl.engines.verl_engine import check_verl_engine
 from saferl.preflight import SecretInConfigError, check_no_secrets
 from saferl.train import CONF_DIR, REPO_ROOT
 
@@ -53,21 +53,40 @@ def test_cfg_job_prints_the_whole_config(exp: str) -> None:
     assert cfg["reward"]["reward_manager"]["name"] == "saferl_safety"
     assert cfg["algorithm"]["adv_estimator"] == "saferl_grpo"
     assert cfg["data"]["custom_cls"]["name"] == "QISafeDataset"
-    assert set(cfg["saferl"]) >= {"engine", "reward", "rollout", "warm_start", "ray", "local", "data"}
+    assert set(cfg["saferl"]) >= {"platform", "reward", "rollout", "warm_start", "ray", "data"}
+    # one trainer: verl's own, with saferl's replay buffer, for every experiment
+    assert cfg["trainer"]["use_v1"] is True and cfg["trainer"]["v1"]["trainer_mode"] == "sync"
+    assert cfg["trainer"]["v1"]["sampler"]["custom_sampler"]["name"] == "SaferlReplayBuffer"
     assert cfg["saferl"]["reward"]["rubric"]["criteria"]["safety_awareness"]["weight"] == 0.35
     assert cfg["trainer"]["experiment_name"] == exp
 
 
-def test_experiments_select_their_engine_model_and_judge() -> None:
+def test_experiments_differ_in_platform_rollout_model_and_sizes() -> None:
     tiny = composed("+exp=tiny")
-    assert (tiny.saferl.engine, tiny.saferl.tiny_model, tiny.saferl.reward.judge.kind) == (
-        "local",
+    assert (tiny.saferl.platform, tiny.saferl.tiny_model, tiny.saferl.reward.judge.kind) == (
+        "cpu",
         "bpe",
         "rule",
     )
+    assert (tiny.actor_rollout_ref.rollout.name, tiny.trainer.device) == ("hf", "cpu")
+    assert tiny.saferl.env.VERL_PLATFORM == "cpu"
     assert Path(tiny.saferl.data.dir) == REPO_ROOT / "data" / "QI-Safe-10K" / "sample"
     q3 = composed("+exp=qwen3b")
-    assert (q3.saferl.engine, q3.saferl.reward.judge.kind) == ("verl", "openai")
+    assert (q3.saferl.platform, q3.saferl.reward.judge.kind) == ("gpu", "openai")
+    assert not q3.saferl.env  # verl's own platform, found by verl
+    # the same parts on both: agent loop, reward, advantage, dataset, replay buffer
+    for key in (
+        "actor_rollout_ref.rollout.agent.default_agent_loop",
+        "reward.reward_manager.name",
+        "algorithm.adv_estimator",
+        "data.custom_cls.name",
+        "trainer.v1.sampler.custom_sampler.name",
+        "trainer.v1.trainer_mode",
+    ):
+        assert OmegaConf.select(q3, key) == OmegaConf.select(tiny, key), key
+    # the GPU experiment does not inherit the tiny warm start (3e-3, run in the driver)
+    assert (q3.saferl.warm_start.enable, q3.saferl.warm_start.lr) == (False, 1e-5)
+    assert q3.actor_rollout_ref.rollout.max_model_len == 6144
     assert q3.actor_rollout_ref.model.path == "Qwen/Qwen2.5-VL-3B-Instruct"
     assert q3.actor_rollout_ref.rollout.name == "vllm"
     assert "wandb" in q3.trainer.logger
@@ -130,7 +149,9 @@ def test_dry_run_qwen_passes_with_a_model_and_a_judge(tiny_model_dir: Path, tmp_
     assert "[  ok] judge" in result.stdout and "dry run passed" in result.stdout
 
 
-def test_dry_run_refuses_extra_mode_on_verl(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_dry_run_refuses_extra_mode(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from rollout.reflect_loop import check_rollout_mode
+
     result = train(
         "+exp=qwen3b",
         "saferl.dry_run=true",
@@ -141,7 +162,7 @@ def test_dry_run_refuses_extra_mode_on_verl(tiny_model_dir: Path, tmp_path: Path
     assert result.returncode == 1
     assert any("[FAIL] rollout" in line and "mode=extra" in line for line in result.stdout.splitlines())
     with pytest.raises(ValueError, match="mode=extra"):
-        check_verl_engine(composed("+exp=qwen3b", "saferl.rollout.mode=extra"))
+        check_rollout_mode(composed("+exp=qwen3b", "saferl.rollout.mode=extra").saferl.rollout)
 
 
 def test_secret_values_never_enter_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,30 +188,61 @@ def test_the_cli_refuses_a_secret_before_doing_anything(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
-def test_unknown_engine_is_a_clear_error(tmp_path: Path) -> None:
-    result = train("+exp=tiny", "saferl.engine=megatron", f"trainer.default_local_dir={tmp_path}")
+def test_unknown_platform_is_a_clear_error(tmp_path: Path) -> None:
+    result = train("+exp=tiny", "saferl.platform=tpu", f"trainer.default_local_dir={tmp_path}")
     assert result.returncode != 0
-    assert "saferl.engine='megatron'" in result.stderr
+    assert "saferl.platform='tpu'" in result.stderr
 
 
-def test_verl_engine_hands_the_config_to_verls_task_runner_FAKE_GPU_EDGE(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_gpu_experiment_refuses_the_driver_warm_start(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Enabled on a GPU experiment, the warm start is refused with the way to run it, never run on the
+    driver's CPU with the tiny run's settings or skipped without a word."""
+    result = train(
+        "+exp=qwen3b",
+        "saferl.warm_start.enable=true",
+        f"actor_rollout_ref.model.path={tiny_model_dir}",
+        f"saferl.data.dir={REPO_ROOT / 'data' / 'QI-Safe-10K' / 'sample'}",
+        f"trainer.default_local_dir={tmp_path}",
+    )
+    assert result.returncode != 0
+    assert "saferl.warm_start.enable=true on a GPU experiment" in result.stderr
+    assert "python -m saferl.warm_start" in result.stderr
+    assert not (tmp_path / "warm_start").exists()
+
+
+def test_the_driver_resolves_the_config_FAKE_GPU_EDGE(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """verl's trainer cannot start without GPUs, so `run_ppo` itself is the edge replaced here: the
-    test checks what saferl hands it (verl's own TaskRunnerV1, the validated config, the Ray address)."""
+    """qwen3b cannot start verl's workers without GPUs, so `run_ppo` itself is the edge replaced here:
+    the test checks what the driver hands it. verl's own TaskRunnerV1; a config with no interpolation
+    left (`${oc.env:...}` resolved in the driver's environment, not in a Ray worker's); the Ray address."""
     import verl.trainer.main_ppo as main_ppo
 
-    from saferl.engines.verl_engine import run_verl
+    from saferl.train import prepare, run_verl
 
     calls = []
     monkeypatch.setattr(
         main_ppo, "run_ppo", lambda config, task_runner_class: calls.append((config, task_runner_class))
     )
+    monkeypatch.setenv("SAFERL_JUDGE_BASE_URL", "http://judge.internal:9000/v1")
     cfg = composed(
-        "+exp=qwen3b", f"actor_rollout_ref.model.path={tiny_model_dir}", "saferl.ray.address=10.0.0.1:6379"
+        "+exp=qwen3b",
+        f"actor_rollout_ref.model.path={tiny_model_dir}",
+        "saferl.ray.address=10.0.0.1:6379",
+        f"trainer.default_local_dir={tmp_path}",
+        f"saferl.data.dir={REPO_ROOT / 'data' / 'QI-Safe-10K' / 'sample'}",
     )
-    run_verl(cfg)
+    run_verl(prepare(cfg))
+    monkeypatch.delenv("SAFERL_JUDGE_BASE_URL")
     [(config, runner)] = calls
     assert runner is main_ppo.TaskRunnerV1
     assert config.ray_kwargs.ray_init.address == "10.0.0.1:6379"
     assert config.actor_rollout_ref.rollout.agent.default_agent_loop == "safe_reflect"
+    assert "${" not in OmegaConf.to_yaml(config)  # nothing left for the task runner to resolve
+    assert config.saferl.reward.judge.openai.base_url == "http://judge.internal:9000/v1"
+    assert config.trainer.v1.sampler.sampler_kwargs.run_dir == str(tmp_path)
+    written = OmegaConf.load(tmp_path / "config.yaml")
+    assert written.saferl.reward.judge.openai.base_url == "http://judge.internal:9000/v1"
+    env = config.ray_kwargs.ray_init.runtime_env.env_vars
+    metrics_file = tmp_path / "metrics" / "from_step_0.jsonl"
+    assert str(metrics_file) == env.VERL_FILE_LOGGER_PATH

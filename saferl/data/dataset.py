@@ -1,6 +1,6 @@
 """QI-Safe-10K as a verl dataset: `data.custom_cls.path=pkg://saferl.data.dataset data.custom_cls.name=QISafeDataset`.
 
-Both engines (verl's trainer on clusters, the local engine on one machine) build their datasets through
+verl's trainer (on CPU as on GPU), the warm start and evaluation build their datasets through
 this class, so what the agent loop and the reward see of a row is the same everywhere. Beyond verl's
 `RLHFDataset` it does three things:
 

@@ -23,6 +23,9 @@ DEFAULT_PROMPT_TEMPLATE = (
     "<image>{question}\n"
     "First reason about the image and the request inside <think> </think>, then give your answer."
 )
+# verl's agent-loop worker runs the loop a row names in this column (else the configured default).
+AGENT_NAME = "agent_name"
+VAL_SPLIT = "val"
 EXTRA_FIELDS = ("id", "question", "safety_label", "category", "source", "split", "reference")
 
 
@@ -65,9 +68,15 @@ def convert_file(
 
 
 def convert_dataset(
-    src: str | Path, out_dir: str | Path, prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    src: str | Path,
+    out_dir: str | Path,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    val_agent_loop: str | None = None,
 ) -> dict:
-    """Every split found in `src` (a parquet file or a directory of them) to `out_dir/<split>.parquet`."""
+    """Every split found in `src` (a parquet file or a directory of them) to `out_dir/<split>.parquet`.
+
+    `val_agent_loop` names the agent loop of every val row (verl's per-row `agent_name` column): the
+    training default is the reflect-and-correct loop, but validation scores the policy's own answer."""
     from .validate import read_rows
 
     rows = read_rows(src)
@@ -76,6 +85,8 @@ def convert_dataset(
     counts = {}
     for split in sorted({r["split"] for r in rows}):
         part = convert_rows([r for r in rows if r["split"] == split], prompt_template)
+        if split == VAL_SPLIT and val_agent_loop:
+            part = [{**row, AGENT_NAME: val_agent_loop} for row in part]
         pq.write_table(pa.Table.from_pylist(part), out_dir / f"{split}.parquet")
         counts[split] = len(part)
     return counts

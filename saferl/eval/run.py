@@ -12,7 +12,7 @@ what it was made with (checkpoint path and sampling; judge identity) and refuses
 other settings: figures from two settings are never silently mixed. Judge failures are not cached
 (a re-run retries them) and are counted, never scored.
 
-Generation is the training path's own (`saferl.engines.local_rollout`): the same dataset class,
+Generation is the training path's own parts (`saferl.eval.rollout`): the same dataset class,
 prompt template, chat template, image processing and agent loop (`eval.agent_loop`, default verl's
 `single_turn_agent`: the policy's own answer, no reflection), with validation sampling
 (`actor_rollout_ref.rollout.val_kwargs`). Judging is the reward's own scorer (`saferl.reward`).
@@ -55,10 +55,23 @@ def _is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file()
 
 
+# Where a training checkpoint keeps its Hugging Face model: verl writes it under
+# `global_step_N/actor/huggingface` (`checkpoint.save_contents` with `hf_model`, conf/base.yaml).
+_MODEL_SUBDIRS = (Path("huggingface"), Path("actor") / "huggingface", Path("actor"))
+
+
+def _model_dir(path: Path) -> Path | None:
+    """`path` itself, or the model directory inside a checkpoint `path`, if there is one."""
+    for candidate in (path, *(path / sub for sub in _MODEL_SUBDIRS)):
+        if _is_model_dir(candidate):
+            return candidate
+    return None
+
+
 def _expand(entry: str, base_model: str | None) -> list[Checkpoint]:
     """One `eval.checkpoints` entry -> checkpoints. Accepted: `base`; a model directory; a training
-    checkpoint `global_step_N` (its `actor/`); a run directory (each of its `global_step_N`, in step
-    order); any of these as `NAME=PATH` to choose the name."""
+    checkpoint `global_step_N` (its `actor/huggingface`); a run directory (each of its `global_step_N`,
+    in step order); any of these as `NAME=PATH` to choose the name."""
     name, _, raw = entry.partition("=") if "=" in entry else ("", "", entry)
     if raw == BASE:
         if not base_model:
@@ -67,23 +80,22 @@ def _expand(entry: str, base_model: str | None) -> list[Checkpoint]:
     path = Path(raw).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"eval.checkpoints: {raw}: no such file or directory")
-    if _is_model_dir(path):
-        label = path.parent.name if path.name == "actor" else path.name
-        return [Checkpoint(name or label, path)]
-    if _is_model_dir(path / "actor"):
-        return [Checkpoint(name or path.name, path / "actor")]
+    model = _model_dir(path)
+    if model is not None:
+        step = next((p for p in (model, *model.parents) if _STEP_DIR.match(p.name)), None)
+        return [Checkpoint(name or (step.name if step else path.name), model)]
     steps = sorted(
-        (int(m.group(1)), child)
+        (int(m.group(1)), child, model)
         for child in path.iterdir()
-        if (m := _STEP_DIR.match(child.name)) and _is_model_dir(child / "actor")
+        if (m := _STEP_DIR.match(child.name)) and (model := _model_dir(child)) is not None
     )
     if not steps:
         raise FileNotFoundError(
             f"eval.checkpoints: {raw}: not a model directory (no config.json), a global_step_N "
-            "checkpoint or a run directory with global_step_N/actor checkpoints"
+            "checkpoint or a run directory with global_step_N/actor/huggingface checkpoints"
         )
     prefix = f"{name}/" if name else ""
-    return [Checkpoint(f"{prefix}{child.name}", child / "actor") for _, child in steps]
+    return [Checkpoint(f"{prefix}{child.name}", model) for _, child, model in steps]
 
 
 def resolve_checkpoints(entries: Sequence[str], base_model: str | None) -> list[Checkpoint]:
@@ -150,11 +162,11 @@ class Generator:
     """Answers of one checkpoint on the benchmarks, through the training rollout path."""
 
     def __init__(self, cfg: DictConfig, checkpoint: Checkpoint) -> None:
-        from saferl.engines.local_rollout import LocalRollout
+        from saferl.eval.rollout import LocalRollout
 
         self.cfg = cfg.copy()
         self.cfg.actor_rollout_ref.model.path = str(checkpoint.path)  # the loop's tokenizer/processor
-        self.rollout = LocalRollout(self.cfg, str(checkpoint.path), with_reward=False)
+        self.rollout = LocalRollout(self.cfg, str(checkpoint.path))
         # The agent loop's own: prompts are built and answers decoded by one processor.
         self.processor = self.rollout.agent_worker.processor
         self.tokenizer = self.rollout.agent_worker.tokenizer
@@ -171,7 +183,7 @@ class Generator:
         fields when the agent loop reflects)."""
         from verl.utils.dataset.rl_dataset import collate_fn
 
-        from saferl.engines.local_rollout import decode_responses
+        from saferl.eval.rollout import decode_responses
 
         rows = collate_fn([dataset[i] for i in indices])
         output = self.rollout.generate(
@@ -495,7 +507,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """Prepare (secrets, the tiny model), start Ray, evaluate."""
     import ray
 
-    from saferl.engines.local_rollout import init_ray
+    from saferl.eval.rollout import init_ray
     from saferl.preflight import check_no_secrets
     from saferl.train import use_tiny_model
 

@@ -29,12 +29,15 @@ ray_cluster_nodes() {
   RAY_HEAD_NODE="${nodes_array[0]}"
 }
 
-# ray_cluster_first_ipv4 "ADDR ADDR …": the first IPv4 address among the words (hostname --ip-address can
-# print several, IPv6 and IPv4 mixed, on multi-homed nodes).
+# ray_cluster_first_ipv4 "ADDR ADDR …": the first IPv4 address among the words that other nodes can reach
+# (hostname --ip-address can print several, IPv6 and IPv4 mixed, on multi-homed nodes). Loopback (127.x:
+# Debian's /etc/hosts maps the host name to 127.0.1.1) is skipped: a head advertising it can never be
+# joined. RAY_ALLOW_LOOPBACK=1 accepts it, for a "cluster" of one machine (the tests).
 ray_cluster_first_ipv4() {
   local word
   for word in $1; do
     if [[ "$word" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]]; then
+      if [[ "$word" == 127.* && "${RAY_ALLOW_LOOPBACK:-0}" != 1 ]]; then continue; fi
       printf '%s' "$word"
       return 0
     fi
@@ -42,13 +45,20 @@ ray_cluster_first_ipv4() {
   return 1
 }
 
+# ray_cluster_node_ip NODE: NODE's own reachable IPv4 address, as the node itself reports it.
+ray_cluster_node_ip() {
+  local addresses
+  addresses="$(srun --nodes=1 --ntasks=1 -w "$1" hostname --ip-address)"
+  ray_cluster_first_ipv4 "$addresses" ||
+    saferl_die "no reachable IPv4 address for $1 in '$addresses' (hostname --ip-address; loopback is" \
+      "skipped: fix the node's /etc/hosts, or set RAY_ALLOW_LOOPBACK=1 for a one-machine cluster)"
+}
+
 # ray_cluster_head_ip: RAY_HEAD_IP, the head's address as the head itself reports it.
 ray_cluster_head_ip() {
-  local addresses
-  addresses="$(srun --nodes=1 --ntasks=1 -w "$RAY_HEAD_NODE" hostname --ip-address)"
-  RAY_HEAD_IP="$(ray_cluster_first_ipv4 "$addresses")" ||
-    saferl_die "no IPv4 address for head $RAY_HEAD_NODE in '$addresses' (hostname --ip-address)"
+  RAY_HEAD_IP="$(ray_cluster_node_ip "$RAY_HEAD_NODE")" || exit 1
 }
+
 
 # ray_cluster_auth: Ray 2.60 turns token authentication on for `ray start --head` when a token exists
 # (~/.ray/auth_token), but a worker's `ray start --address` or a driver's ray.init(address=HOST:PORT) do
@@ -113,8 +123,11 @@ ray_cluster_start() {
 
   local i
   for ((i = 1; i < n; i++)); do
+    local node_ip
+    node_ip="$(ray_cluster_node_ip "${RAY_CLUSTER_NODES[i]}")" || exit 1
     ray_cluster_srun_cmd "${RAY_CLUSTER_NODES[i]}"
-    "${RAY_SRUN[@]}" ray start --address="$RAY_ADDRESS_HEAD" \
+    # Each worker names its own address too: left to guess, Ray may pick a loopback or a wrong NIC.
+    "${RAY_SRUN[@]}" ray start --address="$RAY_ADDRESS_HEAD" --node-ip-address="$node_ip" \
       "${common[@]}" "${extra[@]}" &
     RAY_CLUSTER_PIDS+=($!)
     rc_log "started worker $i on ${RAY_CLUSTER_NODES[i]} (step pid $!)"

@@ -1,10 +1,12 @@
-"""The local engine's rollout: Ray-hosted HF servers driven by verl's own `AgentLoopWorker`.
+"""Evaluation's generation: Ray-hosted HF servers driven by verl's own `AgentLoopWorker`.
 
-Training (`saferl.engines.local`) and evaluation (`saferl.eval`) generate through this one path, so an
-evaluated answer comes out of exactly the prompts, chat template, image processing, sampling and
-agent loop the policy was trained with. The reward workers are optional: training scores inside the
-loop as verl does; evaluation generates first and judges separately, so a cached generation can be
-judged again by another judge.
+An evaluated answer comes out of the parts the policy was trained with: `QISafeDataset`, the prompt and
+chat template, the image processing, the agent loop (`eval.agent_loop`) and validation sampling, through
+verl's agent-loop worker. The servers are the same `HFGenerationServer` the `hf` rollout backend serves
+in training (`rollout.hf_replica`), started here as a standalone pool (`rollout.server_manager`), so
+evaluation runs on one machine, CPU or one GPU (`saferl.local`). On GPU nodes training rolls out with
+vLLM; evaluation does not drive verl's vLLM replicas yet. Judging is separate (`saferl.eval.run`), so
+a cached generation can be judged again by another judge.
 """
 
 from __future__ import annotations
@@ -44,15 +46,14 @@ def init_ray(cfg: DictConfig) -> None:
 
 
 class LocalRollout:
-    def __init__(self, cfg: DictConfig, policy_path: str, *, with_reward: bool = True) -> None:
+    def __init__(self, cfg: DictConfig, policy_path: str) -> None:
         """Start the servers on `policy_path` and verl's agent-loop worker (the caller has run `ray.init`).
 
         `cfg` is the whole resolved config: the worker reads `actor_rollout_ref`, `data` and the
-        agent-loop registry from it, the servers `saferl.local`.
+        agent-loop registry from it, the servers `saferl.local`. No reward worker: evaluation judges
+        its cached answers in a pass of its own.
         """
-        import ray
         from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
-        from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 
         from rollout.server_manager import HFServerManager
 
@@ -69,13 +70,7 @@ class LocalRollout:
             # which validation and evaluation use) may fill the whole response budget.
             default_max_tokens=int(cfg.actor_rollout_ref.rollout.response_length),
         )
-        self.reward_workers = None
-        if with_reward:
-            reward_actor = ray.remote(num_cpus=0)(RewardLoopWorker)
-            self.reward_workers = [reward_actor.remote(cfg) for _ in range(int(local.reward_workers))]
-        self.agent_worker = AgentLoopWorker(
-            cfg, llm_client=self.servers, reward_loop_worker_handles=self.reward_workers
-        )
+        self.agent_worker = AgentLoopWorker(cfg, llm_client=self.servers, reward_loop_worker_handles=None)
 
     def generate(
         self, rows: dict[str, Any], *, repeats: int, validate: bool, agent_name: str | None, step: int
@@ -99,9 +94,6 @@ class LocalRollout:
         for key, value in batch.non_tensor_batch.items():
             output.non_tensor_batch.setdefault(key, value)
         return output
-
-    def update_weights(self, state_dict: dict[str, Any], version: int) -> None:
-        self.servers.update_weights(state_dict, version)
 
     def shutdown(self) -> None:
         self.servers.shutdown()

@@ -1,8 +1,11 @@
-"""`python -m saferl.train +exp=tiny_smoke` end to end, as a user runs it: a subprocess, a real Ray, the
-tiny model, the rule judge, W&B offline. Then a run killed with SIGKILL mid-training and started again.
+"""`python -m saferl.train +exp=tiny_smoke` end to end, as a user runs it: verl's own trainer (TaskRunnerV1,
+PPOTrainerSync, FSDP2 actor and reference, TransferQueue) on CPU through saferl's platform and HF rollout
+backend, with saferl's parts (`safe_reflect`, `saferl_safety`, `QISafeDataset`, `saferl_grpo`,
+`SaferlReplayBuffer`); a real Ray, the tiny model, the rule judge, W&B offline. Then a run killed with
+SIGKILL mid-training and started again with the same command.
 
 The smoke experiment is `tiny` cut short (2 steps); the learning run itself is a benchmark
-(`python -m saferl.train +exp=tiny`), not a test.
+(`python -m saferl.bench_train`), not a test.
 """
 
 from __future__ import annotations
@@ -41,8 +44,13 @@ VERL_METRICS = (
     "critic/score/mean",
     "response_length/mean",
     "timing_s/step",
+    "training/rollout_probs_diff_mean",  # the HF server's log probs against the FSDP actor's
 )
-VAL_METRICS = ("val/harmful_rate", "val/refusal_rate", "val/safety_score", "val/helpfulness_score")
+# Validation figures: the reward's per-sample outcomes, averaged by verl over the samples they apply to.
+VAL_METRICS = tuple(
+    f"val-aux/qi_safe_10k/{name}/mean@1"
+    for name in ("harmful_rate", "refusal_rate", "format_rate", "criterion/safety_awareness")
+)
 
 
 def command(run_dir: Path, *overrides: str) -> list[str]:
@@ -61,13 +69,14 @@ def environment(saferl_cache: Path) -> dict[str, str]:
 
 
 def metrics_by_step(run_dir: Path) -> dict[int, dict[str, float]]:
-    """Every launch's metrics file; a later launch's record of a step wins (a redone step)."""
+    """Every launch's metrics; a step logged twice (in one launch or across launches) is an error."""
     steps: dict[int, dict[str, float]] = {}
     for path in sorted(
         (run_dir / "metrics").glob("from_step_*.jsonl"), key=lambda p: int(p.stem.split("_")[-1])
     ):
         for line in path.read_text().splitlines():
             record = json.loads(line)
+            assert record["step"] not in steps, f"step {record['step']} logged twice ({path.name})"
             steps[record["step"]] = record["data"]
     return steps
 
@@ -76,6 +85,7 @@ def data_order(run_dir: Path) -> dict[int, list[str]]:
     order: dict[int, list[str]] = {}
     for line in (run_dir / "data_order.jsonl").read_text().splitlines():
         record = json.loads(line)
+        assert record["step"] not in order, f"step {record['step']} recorded twice"
         order[record["step"]] = record["sample_ids"]
     return order
 
@@ -95,15 +105,23 @@ def smoke_run(saferl_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     return run_dir, result.stdout + result.stderr
 
 
-def test_the_run_finishes_and_leaves_its_outputs(smoke_run) -> None:
+def test_the_run_is_verls_trainer_and_leaves_its_outputs(smoke_run) -> None:
     run_dir, output = smoke_run
+    assert "saferl: verl sync trainer (TaskRunnerV1), platform cpu" in output
+    assert "(TaskRunnerV1 pid=" in output  # verl's task runner actor did the training
     assert "saferl: finished 2 steps" in output
-    assert "saferl train" in output  # the progress bar
-    assert (run_dir / "config.yaml").is_file()  # the resolved config
+    assert "Training Progress" in output  # verl's progress bar
+    config = (run_dir / "config.yaml").read_text()  # the resolved config
+    assert "${" not in config and "SaferlReplayBuffer" in config
     assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
     for step in (1, 2):
-        assert (run_dir / f"global_step_{step}" / "actor" / "model.safetensors").is_file()
+        actor = run_dir / f"global_step_{step}" / "actor"
+        assert (actor / "model_world_size_1_rank_0.pt").is_file()  # verl's FSDP checkpoint
+        assert (actor / "huggingface" / "config.json").is_file()  # and the HF policy beside it
+        assert (run_dir / f"global_step_{step}" / "data.pt").is_file()  # the data loader's position
     assert (run_dir / "warm_start" / "config.json").is_file()
+    assert sorted(data_order(run_dir)) == [1, 2]
+    assert all(len(ids) == 4 and len(set(ids)) == 4 for ids in data_order(run_dir).values())
 
 
 def test_metrics_carry_the_issue_names(smoke_run) -> None:
@@ -114,10 +132,15 @@ def test_metrics_carry_the_issue_names(smoke_run) -> None:
     for step in (1, 2):
         missing = {*REWARD_METRICS, *VERL_METRICS, "rollout/reflect_rate"} - set(steps[step])
         assert not missing, missing
+        # the rollout server served the weights the actor had: its log probs match the FSDP actor's
+        assert steps[step]["training/rollout_probs_diff_mean"] < 1e-3
     # the warm-started tiny policy still answers unsafe prompts unsafely, so reflection fires
     assert any(steps[s]["rollout/reflect_rate"] > 0 for s in (1, 2))
     assert any("rollout/correction_success_rate" in steps[s] for s in (1, 2))
-    assert all(0.0 <= steps[s]["val/harmful_rate"] <= 1.0 for s in (0, 2))
+    for s in (0, 2):
+        assert 0.0 <= steps[s]["val-aux/qi_safe_10k/harmful_rate/mean@1"] <= 1.0
+        # validation scores the policy's own answer (single_turn_agent: 2 turns), not a reflection
+        assert steps[s]["val-aux/num_turns/max"] == 2
 
 
 def test_validation_samples_are_written(smoke_run) -> None:
@@ -191,10 +214,14 @@ def test_sigkill_then_restart_finishes_without_repeats_or_gaps(saferl_cache: Pat
         command(run_dir, steps, *quiet), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from {run_dir / f'global_step_{killed_at}'} at step {killed_at}" in resumed.stdout
+    assert (
+        f"saferl: resuming from {run_dir / f'global_step_{killed_at}'} at step {killed_at}" in resumed.stdout
+    )
     assert "saferl: finished 4 steps" in resumed.stdout
     assert tracker.read_text().strip() == "4"
-    # Every step trained once on exactly the prompts the uninterrupted run used at that step.
+    # Every step trained once on exactly the prompts the uninterrupted run used at that step, and no
+    # step is logged twice (metrics_by_step and data_order assert it).
     assert data_order(run_dir) == data_order(reference)
     assert sorted(metrics_by_step(run_dir)) == [1, 2, 3, 4]
-    assert (run_dir / "metrics" / f"from_step_{killed_at}.jsonl").is_file()  # the first launch's kept
+    assert (run_dir / "metrics" / f"from_step_{killed_at}.jsonl").is_file()  # the second launch's
+    assert (run_dir / "metrics" / "from_step_0.jsonl").is_file()  # the first launch's, kept
