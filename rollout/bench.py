@@ -100,6 +100,8 @@ def run_in_process(model_path: Path, requests: list, max_tokens: int, threads: i
             out = model.generate(
                 input_ids=torch.tensor([ids]),
                 attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                # the processor's token types: the model's M-RoPE positions, as the servers compute them
+                mm_token_type_ids=(torch.tensor([ids]) == model.config.image_token_id).long(),
                 **feats,
                 do_sample=True,
                 temperature=1.0,

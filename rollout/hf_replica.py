@@ -12,20 +12,22 @@ agent loop and weight sync drive it exactly as they drive vLLM on GPU nodes:
   (`saferl.verl_internals.register_rollout_adapter`).
 
 Server settings come from `actor_rollout_ref.rollout.engine_kwargs.hf` (verl's per-backend engine
-knobs): `max_batch_size` (default `max_num_seqs`), `batch_wait_ms`, `torch_threads`.
+knobs): `max_batch_size` (default `max_num_seqs`), `batch_wait_ms`, `torch_threads` (default: the node's
+cores shared by its servers).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import ray
+import ray.util.scheduling_strategies
 import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
-from rollout.hf_server import HFGenerationServer
 from saferl.verl_internals import register_rollout_adapter
 
 NAME = "hf"
@@ -44,6 +46,10 @@ class HFServer:
     KV-cache calls have nothing to do; generation and weight updates are the server's own."""
 
     def __init__(self, model_path: str, **server_kwargs: Any) -> None:
+        # Imported here, not at the top: `rollout.hf_server` imports verl, whose plugin loader imports this
+        # module, so a process that imports the server first would meet a half-initialised module.
+        from rollout.hf_server import HFGenerationServer
+
         self.server = HFGenerationServer(model_path, **server_kwargs)
 
     async def ready(self) -> bool:
@@ -86,8 +92,9 @@ class HFServer:
     async def stop_profile(self) -> None: ...
 
 
-def server_kwargs(config: Any) -> dict[str, Any]:
-    """`HFGenerationServer` settings from verl's rollout config (a RolloutConfig or a DictConfig)."""
+def server_kwargs(config: Any, servers_per_node: int = 1) -> dict[str, Any]:
+    """`HFGenerationServer` settings from verl's rollout config (a RolloutConfig or a DictConfig).
+    Unless set, a server's threads are the node's cores shared by the node's servers."""
     hf = dict((config.get("engine_kwargs") or {}).get(NAME) or {})
     unknown = set(hf) - {"max_batch_size", "batch_wait_ms", "torch_threads"}
     if unknown:
@@ -95,21 +102,46 @@ def server_kwargs(config: Any) -> dict[str, Any]:
     return {
         "max_batch_size": int(hf.get("max_batch_size") or config.get("max_num_seqs")),
         "batch_wait_ms": float(hf.get("batch_wait_ms", 5.0)),
-        "torch_threads": int(hf.get("torch_threads", 1)),
+        "torch_threads": int(
+            hf.get("torch_threads") or max(1, len(os.sched_getaffinity(0)) // servers_per_node)
+        ),
         # As verl's vLLM server: a request that names no max_tokens may fill the response budget.
         "default_max_tokens": int(config.get("response_length")),
     }
 
 
 class HFReplica(RolloutReplica):
-    """One HF server per replica, started in hybrid mode beside the replica's actor workers."""
+    """One HF server per replica, started in hybrid mode beside the replica's first actor worker.
+
+    As verl's vLLM replica does (vllm_async_server.py `launch_servers`), the server goes to that worker's
+    node and sees that worker's accelerator, so on a GPU node it generates on the GPU the worker trains
+    on, and on the CPU platform on the CPU (verl's device name)."""
 
     async def launch_servers(self) -> None:
+        from verl.plugin.platform import get_platform
+        from verl.utils.device import get_device_name, get_resource_name
+
         path = self.model_config.get("local_path") or self.model_config.path
-        actor = ray.remote(num_cpus=0)(HFServer).options(
-            name=server_name(self.replica_rank), max_concurrency=self.max_concurrency
+        node_id, accelerator = await self.workers[0].__ray_call__.remote(
+            lambda worker: (
+                ray.get_runtime_context().get_node_id(),
+                ray.get_runtime_context().get_accelerator_ids()[get_resource_name()][0],
+            )
         )
-        server = actor.remote(str(path), **server_kwargs(self.config))
+        platform = get_platform()
+        env_vars = {var: "1" for var in platform.ray_noset_envvars()}
+        if get_device_name() != "cpu":
+            env_vars[platform.visible_devices_envvar()] = str(accelerator)
+        actor = ray.remote(num_cpus=0)(HFServer).options(
+            name=server_name(self.replica_rank),
+            max_concurrency=self.max_concurrency,
+            scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+                node_id, soft=False
+            ),
+            runtime_env={"env_vars": env_vars},
+        )
+        per_node = max(1, self.gpus_per_node // self.world_size)  # replicas (one server each) per node
+        server = actor.remote(str(path), device=get_device_name(), **server_kwargs(self.config, per_node))
         await server.ready.remote()
         self.servers = [server]
         self._server_handle = server

@@ -464,12 +464,31 @@ class HFGenerationServer:
             ids[i, width - len(req.prompt_ids) :] = torch.tensor(req.prompt_ids, dtype=torch.long)
             mask[i, width - len(req.prompt_ids) :] = 1
         inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        types = self._mm_token_types(ids)
+        if types is not None:
+            inputs["mm_token_type_ids"] = types.to(self.device)
         with_images = [r for r in batch if r.pixel_values is not None]
         if with_images:
             pixel_values = torch.cat([r.pixel_values for r in with_images])
             inputs["pixel_values"] = pixel_values.to(self.device, dtype=self.model.dtype)
             inputs["image_grid_thw"] = torch.cat([r.image_grid_thw for r in with_images]).to(self.device)
         return inputs
+
+    def _mm_token_types(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """Which tokens are image (1) or video (2) placeholders, as the processor marks them.
+
+        Qwen2-VL-family models in transformers >= 5.3 compute their multimodal rotary positions (M-RoPE)
+        from `mm_token_type_ids`; without it they fall back to plain 1-D positions, a different function
+        of the same weights, which verl's trainer (agent_loop.py `_compute_position_ids`) and the
+        processor's own outputs do not use. So the server passes it exactly as the processor would."""
+        if self.image_token_id is None:
+            return None
+        types = torch.zeros_like(ids)
+        types[ids == int(self.image_token_id)] = 1
+        video = getattr(self.model.config, "video_token_id", None)
+        if video is not None:
+            types[ids == int(video)] = 2
+        return types
 
     def _generate_kwargs(
         self, batch: list[_Request], key: BatchKey, eos_ids: list[int], stop: RecordingStopStrings | None

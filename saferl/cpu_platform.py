@@ -13,6 +13,7 @@ in `saferl.verl_internals`, with the verl lines they depend on.
 
 from __future__ import annotations
 
+import os
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,7 +92,17 @@ def _stream_context(stream: Any = None) -> Iterator[None]:
 
 
 def _set_device(index: Any = 0) -> None:
-    start_gloo_process_group()
+    """What verl's workers call first (Worker.__init__): the process group, and the CPU's threads.
+
+    Ray starts every worker with OMP_NUM_THREADS=1 (one per requested CPU). verl's sync trainer trains
+    and generates in turn, never both at once, so the training workers share every core between them."""
+    if start_gloo_process_group():
+        torch.set_num_threads(threads_per_process(int(os.environ["WORLD_SIZE"])))
+
+
+def threads_per_process(processes: int) -> int:
+    """This machine's cores shared by `processes` that compute at the same time (at least one each)."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, processes))
 
 
 # The subset of `torch.cuda` that verl 0.9.1 calls through `get_torch_device()` (grep verl for it).

@@ -13,7 +13,8 @@ logged with that step. So this is where saferl adds, on verl's own trainer:
 - the sample trajectories of each validation (`val_samples/step_<N>.jsonl` and, with W&B on, a table
   with the images), read before verl computes its validation figures;
 - the fault rule: a prompt group whose rollout failed (a judge that is down raises in the agent loop) is
-  an error, not a prompt to replace silently, as verl's buffer would (it refills failed groups).
+  an error, not a prompt to replace silently, as verl's buffer would (it refills failed groups); a
+  trajectory the fault policy excluded (NaN reward) leaves the batch, so no NaN reaches a metric.
 
 Sampling itself is verl's, unchanged. Settings: `trainer.v1.sampler.sampler_kwargs` (conf/base.yaml).
 """
@@ -22,11 +23,13 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import transfer_queue as tq
+from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
 from saferl.files import append_jsonl, to_json_line, write_atomic
@@ -70,6 +73,9 @@ class SaferlReplayBuffer(ReplayBuffer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         opts = self.sampler_kwargs
+        # verl's buffer sleeps `poll_interval` (2 s) between looks at TransferQueue while a batch is still
+        # rolling out: up to 2 s lost per step and per validation, most of a tiny step's own time.
+        self.poll_interval = float(opts.get("poll_interval_s", self.poll_interval))
         self.run_dir = Path(str(opts.run_dir))
         self.criteria = [str(c) for c in opts.criteria]
         self.table_rows = int(opts.table_rows)
@@ -77,20 +83,22 @@ class SaferlReplayBuffer(ReplayBuffer):
         self.val_files = [
             str(f) for f in ([opts.val_files] if isinstance(opts.val_files, str) else opts.val_files)
         ]
+        self.judge = str(opts.get("judge") or "the judge")
         self._images: dict[str, bytes] | None = None
         self.refill_fn = self._refuse_failed_groups
 
     def _refuse_failed_groups(self, count: int) -> int:
-        # verl's sync buffer calls refill_fn exactly when rollout groups failed (replay_buffer.py:467).
+        # verl's sync buffer calls refill_fn exactly when rollout groups failed (replay_buffer.py:467),
+        # to replace them with new prompts: the step would then train on other prompts than it drew.
         raise RolloutFailedError(
-            f"{count} prompt group(s) failed in rollout (the agent-loop worker's log has the error; a judge "
-            "that is down fails the rollout by saferl.reward.faults). Training on the remaining prompts "
-            "would hide it, so the step stops here."
+            f"{count} prompt group(s) failed in rollout. A judge that does not answer fails the rollout "
+            f"under saferl.reward.faults ({self.judge}); the agent-loop worker's log above has the "
+            "error. Training on the other prompts would hide it, so training stops here."
         )
 
     def sample(self, global_steps: int, partition_id: str, batch_size: int) -> tuple[Any, dict]:
         batch, metrics = super().sample(global_steps, partition_id, batch_size)
-        records = self._records(batch)
+        records, scores = self._records(batch)
         columns = trajectory_columns(records)
         if partition_id == TRAIN:
             metrics.update(rollout_metrics(columns, self.criteria))
@@ -98,14 +106,43 @@ class SaferlReplayBuffer(ReplayBuffer):
             append_jsonl(self.run_dir / "data_order.jsonl", [order])
         elif partition_id == VAL:
             self._record_validation(columns, int(global_steps))
-        return batch, metrics
+        return self._without_excluded(batch, scores), metrics
 
-    def _records(self, batch: Any) -> list[dict[str, Any]]:
-        fields = [EXTRA_FIELDS, *ROW_FIELDS]
+    def _records(self, batch: Any) -> tuple[list[dict[str, Any]], list[float]]:
+        """Each trajectory's row fields and loop/reward fields, and its reward (the sum of `rm_scores`)."""
+        fields = [EXTRA_FIELDS, *ROW_FIELDS, "rm_scores"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         # TensorDict refuses `in` on itself: ask its keys.
-        values = {name: _as_list(data[name]) for name in fields if name in data.keys()}  # noqa: SIM118
-        return [{name: column[i] for name, column in values.items()} for i in range(len(batch.keys))]
+        present = [name for name in fields if name in data.keys()]  # noqa: SIM118
+        scores = data["rm_scores"].sum(dim=1).tolist() if "rm_scores" in present else []
+        values = {name: _as_list(data[name]) for name in present if name != "rm_scores"}
+        records = [{name: column[i] for name, column in values.items()} for i in range(len(batch.keys))]
+        return records, scores
+
+    def _without_excluded(self, batch: Any, scores: list[float]) -> Any:
+        """The batch without the trajectories the fault policy excluded (a failed judgement, NaN reward).
+
+        Excluded means "learns nothing and weighs nothing in its group", and a NaN would otherwise reach
+        verl's score metrics and validation means. Dropped here, they are out of the advantage, the loss
+        and every metric (they are counted in `reward/judge_failures` above); verl pads the batch back to
+        its divisible size with no-op samples of its own (padding_utils.py `upsample_batch_to_divisible_size`)."""
+        keep = [i for i, score in enumerate(scores) if math.isfinite(score)]
+        if not scores or len(keep) == len(batch.keys):
+            return batch
+        if not keep:
+            raise RolloutFailedError(
+                f"every judgement of this batch failed ({self.judge}): there is no reward to train on"
+            )
+        dropped = [batch.keys[i] for i in range(len(batch.keys)) if i not in set(keep)]
+        tq.kv_clear(keys=dropped, partition_id=batch.partition_id)
+        logger.info(
+            "%d trajectories excluded (judge failures) from the %s batch", len(dropped), batch.partition_id
+        )
+        return KVBatchMeta(
+            partition_id=batch.partition_id,
+            keys=[batch.keys[i] for i in keep],
+            tags=[batch.tags[i] for i in keep],
+        )
 
     # -- validation samples ---------------------------------------------------------------------------
 

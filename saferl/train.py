@@ -117,6 +117,9 @@ def prepare(cfg: DictConfig) -> DictConfig:
         cfg.data.train_files = str(out / "train.parquet")
         cfg.data.val_files = str(out / "val.parquet")
     warm_start_stage(cfg, run_dir)
+    from rewards.judges import judge_address
+
+    cfg.trainer.v1.sampler.sampler_kwargs.judge = judge_address(cfg.saferl.reward.judge)
     OmegaConf.resolve(cfg)
     OmegaConf.save(cfg, run_dir / "config.yaml")
     step = resume_step(cfg)

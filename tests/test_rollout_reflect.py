@@ -142,9 +142,12 @@ def test_log_probs_match_a_forward_pass(whole: DataProto, tiny_model_dir: Path) 
         mm = whole.non_tensor_batch["multi_modal_inputs"][i]
         assert int((prompt == image_pad).sum()) == int(mm["image_grid_thw"].prod()) // 4 > 0  # image tokens
         ids = torch.cat([prompt, response]).unsqueeze(0)
-        with torch.no_grad():
-            logits = model(
-                input_ids=ids, pixel_values=mm["pixel_values"], image_grid_thw=mm["image_grid_thw"]
+        with torch.no_grad():  # with the processor's token types: the model's M-RoPE positions, as verl's
+            logits = model(  # trainer computes them (a forward pass without them uses 1-D positions)
+                input_ids=ids,
+                mm_token_type_ids=(ids == image_pad).long(),
+                pixel_values=mm["pixel_values"],
+                image_grid_thw=mm["image_grid_thw"],
             ).logits
         logp = torch.log_softmax(logits[0, len(prompt) - 1 : -1].float(), dim=-1)
         recomputed = logp.gather(-1, response.unsqueeze(-1)).squeeze(-1)

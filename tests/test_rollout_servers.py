@@ -72,11 +72,17 @@ def one(mgr: HFServerManager, request_id: str, ids: list[int], params: dict) -> 
 def teacher_forced_log_probs(
     local: Any, prompt_ids: list[int], image: Any, response: list[int]
 ) -> torch.Tensor:
+    """The log probs of `response` under a plain forward pass with what the processor gives the model:
+    `mm_token_type_ids` included, from which Qwen2-VL models compute their M-RoPE positions (as verl's
+    trainer does). A forward pass without it uses 1-D positions: another function of the same weights."""
     processor, model = local
     feats = processor.image_processor(images=[image], return_tensors="pt")
+    ids = torch.tensor([prompt_ids + response])
+    types = (ids == model.config.image_token_id).long()
     with torch.no_grad():
         logits = model(
-            input_ids=torch.tensor([prompt_ids + response]),
+            input_ids=ids,
+            mm_token_type_ids=types,
             pixel_values=feats["pixel_values"],
             image_grid_thw=feats["image_grid_thw"],
         ).logits
@@ -114,6 +120,15 @@ def test_log_probs_match_teacher_forcing_in_a_padded_batch(manager: HFServerMana
         (image_prompt(local[0], "and another one", demo_image()), demo_image()),
     ]
     assert len({len(ids) for ids, _ in cases}) == 3
+    # the reference marks image tokens as the processor itself does
+    prompt = local[0].apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    processed = local[0](text=[prompt], images=[demo_image()], return_tensors="pt")
+    marked = (processed["input_ids"] == local[1].config.image_token_id).long()
+    assert torch.equal(processed["mm_token_type_ids"].long(), marked)
     outs = run(
         gather_generate(manager, [(f"tf-{i}", ids, SAMPLE, [img]) for i, (ids, img) in enumerate(cases)])
     )

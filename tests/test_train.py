@@ -11,8 +11,10 @@ The smoke experiment is `tiny` cut short (2 steps); the learning run itself is a
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -116,7 +118,10 @@ def test_the_run_is_verls_trainer_and_leaves_its_outputs(smoke_run) -> None:
     assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
     for step in (1, 2):
         actor = run_dir / f"global_step_{step}" / "actor"
-        assert (actor / "model_world_size_1_rank_0.pt").is_file()  # verl's FSDP checkpoint
+        assert sorted(p.name for p in actor.glob("model_world_size_*_rank_*.pt")) == [
+            "model_world_size_2_rank_0.pt",  # verl's FSDP checkpoint: a shard per worker (two fake GPUs)
+            "model_world_size_2_rank_1.pt",
+        ]
         assert (actor / "huggingface" / "config.json").is_file()  # and the HF policy beside it
         assert (run_dir / f"global_step_{step}" / "data.pt").is_file()  # the data loader's position
     assert (run_dir / "warm_start" / "config.json").is_file()
@@ -225,3 +230,74 @@ def test_sigkill_then_restart_finishes_without_repeats_or_gaps(saferl_cache: Pat
     assert sorted(metrics_by_step(run_dir)) == [1, 2, 3, 4]
     assert (run_dir / "metrics" / f"from_step_{killed_at}.jsonl").is_file()  # the second launch's
     assert (run_dir / "metrics" / "from_step_0.jsonl").is_file()  # the first launch's, kept
+
+
+def test_a_judge_outage_stops_training_naming_the_judge(saferl_cache: Path, tmp_path: Path) -> None:
+    """verl's sync buffer replaces a failed prompt group with new prompts; a judge that is down fails every
+    group, so training would go on without a reward. saferl's buffer stops it, naming the endpoint."""
+    with socket.socket() as s:  # a port nothing listens on: connections are refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        command(
+            run_dir,
+            "saferl.reward.judge.kind=openai",
+            f"saferl.reward.judge.openai.base_url=http://127.0.0.1:{port}/v1",
+            "saferl.reward.judge.openai.max_retries=0",
+            "saferl.reward.judge.openai.timeout_s=2",
+            "saferl.reward.faults.min_samples=2",
+            "trainer.val_before_train=false",
+            "trainer.logger=[console,file]",
+        ),
+        cwd=REPO_ROOT,
+        env=environment(saferl_cache),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert "RolloutFailedError" in output, output[-3000:]
+    assert f"openai judge at http://127.0.0.1:{port}/v1" in output
+    assert not (run_dir / "global_step_1").exists()  # no step trained on a batch without its reward
+
+
+def test_excluded_judgements_leave_the_batch_and_no_metric_is_nan(saferl_cache: Path, tmp_path: Path) -> None:
+    """`faults.on_failure=exclude`: a trajectory whose reward judgement failed carries a NaN reward. It
+    must weigh nothing (no advantage, no place in its group) and reach no metric as a NaN.
+
+    The loopback FAKE judge (standing in for a served 72B judge) answers 503 to its first 12 requests.
+    Step 1 makes 16: each of its 8 trajectories is checked by the loop, then judged for the reward, so
+    between 4 and 6 reward judgements fail, a partial exclusion whatever the order."""
+    from judge_server import FakeJudgeServer
+
+    run_dir = tmp_path / "run"
+    with FakeJudgeServer(served_model="fake-judge") as judge:
+        judge.script([{"status": 503}] * 12)
+        result = subprocess.run(
+            command(
+                run_dir,
+                "saferl.reward.judge.kind=openai",
+                f"saferl.reward.judge.openai.base_url={judge.base_url}",
+                "saferl.reward.judge.openai.model=fake-judge",
+                "saferl.reward.judge.openai.max_retries=0",
+                "saferl.reward.faults.min_samples=1000",
+                "trainer.val_before_train=false",
+                "trainer.total_training_steps=1",
+                "trainer.test_freq=1",
+                "trainer.logger=[console,file]",
+            ),
+            cwd=REPO_ROOT,
+            env=environment(saferl_cache),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    step = metrics_by_step(run_dir)[1]
+    assert 4 <= step["reward/judge_failures"] <= 6
+    nan = sorted(k for k, v in step.items() if isinstance(v, float) and math.isnan(v))
+    assert not nan, nan
+    assert "critic/score/mean" in step and "val-core/qi_safe_10k/reward/mean@1" in step
+    assert len(data_order(run_dir)[1]) == 4  # the step still drew and recorded its 4 prompts

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from saferl.preflight import SecretInConfigError, check_no_secrets
 from saferl.train import CONF_DIR, REPO_ROOT
 
-EXPERIMENTS = ("tiny", "qwen3b", "qwen7b")
+EXPERIMENTS = tuple(sorted(p.stem for p in (CONF_DIR / "exp").glob("*.yaml")))
 
 
 def train(*args: str, env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -58,7 +58,7 @@ def test_cfg_job_prints_the_whole_config(exp: str) -> None:
     assert cfg["trainer"]["use_v1"] is True and cfg["trainer"]["v1"]["trainer_mode"] == "sync"
     assert cfg["trainer"]["v1"]["sampler"]["custom_sampler"]["name"] == "SaferlReplayBuffer"
     assert cfg["saferl"]["reward"]["rubric"]["criteria"]["safety_awareness"]["weight"] == 0.35
-    assert cfg["trainer"]["experiment_name"] == exp
+    assert cfg["trainer"]["experiment_name"] == {"tiny_eval_fixtures": "tiny"}.get(exp, exp)
 
 
 def test_experiments_differ_in_platform_rollout_model_and_sizes() -> None:
@@ -112,8 +112,23 @@ def test_judge_endpoint_comes_from_the_environment(monkeypatch: pytest.MonkeyPat
     assert cfg.saferl.reward.judge.openai.base_url == "http://judge.internal:9000/v1"
 
 
-def test_dry_run_tiny_passes_without_training(tmp_path: Path) -> None:
-    result = train("+exp=tiny", "saferl.dry_run=true", f"trainer.default_local_dir={tmp_path / 'run'}")
+def test_the_gpu_extra_brings_the_flash_attn_verls_fsdp_extra_pins() -> None:
+    """verl loads the policy with flash_attention_2 and its Qwen2-VL remove-padding path calls
+    flash_attn_varlen_func, so the GPU install must bring the flash-attn verl's own `fsdp` extra pins."""
+    import re
+    from importlib.metadata import requires
+
+    fsdp = [r for r in requires("verl") or [] if 'extra == "fsdp"' in r]
+    wanted = {m.group(1) for r in fsdp if (m := re.match(r"verl\[(flash-attn[^\]]*)\]", r))}
+    assert wanted, fsdp
+    setup = (REPO_ROOT / "setup.py").read_text()
+    [gpu] = re.findall(r'"gpu": \[([^\]]*)\]', setup)
+    assert all(extra in gpu for extra in wanted), (gpu, wanted)
+
+
+@pytest.mark.parametrize("exp", ["tiny", "tiny_smoke"])
+def test_dry_run_tiny_passes_without_training(exp: str, tmp_path: Path) -> None:
+    result = train(f"+exp={exp}", "saferl.dry_run=true", f"trainer.default_local_dir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "dry run passed" in result.stdout
     assert not (tmp_path / "run" / "config.yaml").exists()  # nothing trained, nothing written

@@ -33,3 +33,15 @@ def build_judge(judge_cfg: Any, rubric: Rubric) -> Any:
 
         return HFJudge(rubric, **options)
     raise ValueError(f"saferl.reward.judge.kind must be one of {KINDS}, got {kind!r}")
+
+
+def judge_address(judge_cfg: Any) -> str:
+    """Where the configured judge is, for error messages raised far from it (e.g. in verl's trainer):
+    the endpoint of an `openai` judge, the model of an `hf` one."""
+    kind = judge_cfg.get("kind")
+    options = judge_cfg.get(kind) or {}
+    if kind == "openai":
+        return f"openai judge at {str(options.get('base_url', '')).rstrip('/')}"
+    if kind == "hf":
+        return f"hf judge {options.get('model')}"
+    return f"{kind} judge (local)"
