@@ -5,6 +5,9 @@ it. The launch that was killed may already have logged some of those steps (its 
 order, its validation samples), so before the new launch starts, the records of every step after the
 checkpoint are removed: the redone steps are then logged once, by the launch that finishes them.
 
+verl saves a step's checkpoint before it logs the step. A launch killed in between leaves a checkpoint
+whose step is logged nowhere; it resumes from the checkpoint before, so that step is done and logged again.
+
 verl also validates before training on every launch (`trainer.val_before_train`), at the checkpoint's
 step. When the killed launch already logged that validation, a second one would repeat the step in the
 logs, so it is switched off for this launch; when it did not (killed between the checkpoint and the
@@ -37,6 +40,38 @@ def _keep_until(path: Path, step: int) -> list[dict]:
             lines.append(line)
     write_atomic(path, "".join(f"{line}\n" for line in lines).encode())
     return kept
+
+
+def step_logged(run_dir: Path, step: int) -> bool:
+    """Whether a launch logged the training metrics of `step` (verl logs a step after checkpointing it)."""
+    for path in (run_dir / METRICS_DIR).glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if int(record["step"]) == step and "training/global_step" in record["data"]:
+                return True
+    return False
+
+
+def complete_checkpoints(run_dir: Path) -> list[int]:
+    """The steps of the checkpoints verl could resume from (an actor and the data loader's position)."""
+    steps = []
+    for path in run_dir.glob("global_step_*"):
+        step = path.name.split("_")[-1]
+        if step.isdigit() and (path / "actor").is_dir() and (path / "data.pt").is_file():
+            steps.append(int(step))
+    return sorted(steps)
+
+
+def resume_point(run_dir: Path, latest: int) -> int:
+    """The checkpoint to resume from: the newest (`latest`), unless the launch was killed between saving it
+    and logging its step, whose metrics would then be lost for good. Then the one before, so that step is
+    trained and logged again (on the same prompts); 0 (a fresh start) when there is none."""
+    if latest == 0 or step_logged(run_dir, latest):
+        return latest
+    return max((s for s in complete_checkpoints(run_dir) if s < latest), default=0)
 
 
 def trim_after(run_dir: Path, step: int) -> bool:

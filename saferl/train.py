@@ -121,14 +121,19 @@ def prepare(cfg: DictConfig) -> DictConfig:
 
     cfg.trainer.v1.sampler.sampler_kwargs.judge = judge_address(cfg.saferl.reward.judge)
     OmegaConf.resolve(cfg)
-    OmegaConf.save(cfg, run_dir / "config.yaml")
-    step = resume_step(cfg)
-    if step:
-        from saferl.resume import trim_after
+    latest = resume_step(cfg)
+    step = latest
+    if latest:
+        from saferl.resume import resume_point, trim_after
 
-        if trim_after(run_dir, step):
+        step = resume_point(run_dir, latest)
+        if step != latest:  # killed between checkpoint `latest` and its log: redo that step
+            cfg.trainer.resume_mode = "resume_path" if step else "disable"
+            cfg.trainer.resume_from_path = str(run_dir / f"global_step_{step}") if step else None
+        if trim_after(run_dir, step) and step:
             cfg.trainer.val_before_train = False  # the killed launch logged the validation at `step`
-        print(f"saferl: resuming from {run_dir / f'global_step_{step}'} at step {step}", flush=True)
+        if step:
+            print(f"saferl: resuming from {run_dir / f'global_step_{step}'} at step {step}", flush=True)
     metrics = run_dir / "metrics" / f"from_step_{step}.jsonl"
     metrics.parent.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
@@ -136,6 +141,7 @@ def prepare(cfg: DictConfig) -> DictConfig:
         env_vars.VERL_FILE_LOGGER_PATH = str(metrics)
         env_vars.WANDB_DIR = str(run_dir)
         env_vars.SAFERL_RUN_DIR = str(run_dir)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
     logger.info("resolved config: %s; metrics of this launch: %s", run_dir / "config.yaml", metrics)
     return cfg
 
