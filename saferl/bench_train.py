@@ -2,7 +2,7 @@
 
 Runs `python -m saferl.train +exp=tiny` exactly as the README does, in a subprocess, and prints what the
 training issues ask of it: wall time, seconds per training step (verl's `timing_s/step`), peak memory of
-the whole process tree (driver, Ray, verl's workers, rollout server, reward worker; sampled), the
+the whole process tree (driver, Ray, verl's workers, rollout servers, reward worker; sampled, PSS and RSS), the
 validation curve, and whether the run learned: `harmful_rate` at the end at most half its value before
 RL (which must be >= 30%), with `refusal_rate` up by at most 10 points.
 
@@ -32,18 +32,23 @@ TIME_BUDGET_S = 15 * 60
 MEMORY_BUDGET_GB = 12.0
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (Ray's processes are spawned under it)."""
+def tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) bytes of a process and all its descendants (Ray's processes are spawned under it).
+
+    RSS counts every shared page once per process: the dozen Ray and verl processes of a run each map
+    torch's libraries, so their RSS sum overstates the memory the run takes. PSS splits each shared page
+    between the processes that map it, so the tree's PSS sum is what the run costs the machine."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return 0, 0
+    rss = pss = 0
     for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):  # exited between listing and reading
-            total += proc.memory_info().rss
-    return total
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):  # exited while being read
+            info = proc.memory_full_info()
+            rss, pss = rss + info.rss, pss + info.pss
+    return rss, pss
 
 
 # The validation figures, under verl's names (the reward's per-sample outcomes, averaged by verl over the
@@ -124,14 +129,15 @@ def run_tiny(checkout: Path, overrides: list[str]) -> dict[str, object]:
     print(f"running in {checkout}:", " ".join(command), file=sys.stderr, flush=True)
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=checkout, env=env)
-    peak = 0
+    peak_rss = peak = 0
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, peak_rss
         while not stop.is_set():
-            peak = max(peak, tree_rss(process.pid))
-            stop.wait(0.5)
+            rss, pss = tree_memory(process.pid)
+            peak, peak_rss = max(peak, pss), max(peak_rss, rss)
+            stop.wait(2.0)  # reading every process's smaps for PSS costs CPU: sample sparingly
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -147,7 +153,8 @@ def run_tiny(checkout: Path, overrides: list[str]) -> dict[str, object]:
         "exit_code": code,
         "wall_s": round(wall, 1),
         "seconds_per_step": seconds_per_step(steps),
-        "peak_rss_gb": round(peak / 1e9, 2),
+        "peak_pss_gb": round(peak / 1e9, 2),  # the budget's figure: shared pages counted once
+        "peak_rss_sum_gb": round(peak_rss / 1e9, 2),  # shared pages counted once per process
         "within_time": wall <= TIME_BUDGET_S,
         "within_memory": peak / 1e9 <= MEMORY_BUDGET_GB,
         "curve": curve,
