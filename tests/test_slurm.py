@@ -283,7 +283,9 @@ def test_multi_node_on_one_machine(standins: Path, ray_tmp: Path, saferl_cache: 
     One fake GPU per node and `trainer.nnodes=2`: verl's trainer places one FSDP worker (and one HF
     rollout replica) on each node, so the worker node is used, not just present."""
     # verl's CPU platform places one worker per (fake) GPU: one per node, an FSDP group across both.
-    env = _env(standins, ray_tmp, CPUS_PER_NODE="4", GPUS_PER_NODE="1", SAFERL_CACHE_DIR=str(saferl_cache))
+    # Ray's CPUs are logical: each node's GPU bundle asks for several beside the task runner and
+    # TransferQueue's actors, which may all land on one node, so give each node room for both.
+    env = _env(standins, ray_tmp, CPUS_PER_NODE="8", GPUS_PER_NODE="1", SAFERL_CACHE_DIR=str(saferl_cache))
     run_dir = ray_tmp / "run"
     command = [
         "bash",
@@ -318,8 +320,8 @@ def test_multi_node_on_one_machine(standins: Path, ray_tmp: Path, saferl_cache: 
 
     # The cluster: both nodes alive before the driver started, a head and a worker.
     assert "ray cluster: 2/2 nodes alive" in output, tail
-    assert re.search(r"node .*: CPU=4 GPU=1 head=True", output), tail
-    assert re.search(r"node .*: CPU=4 GPU=1 head=False", output), tail
+    assert re.search(r"node .*: CPU=8 GPU=1 head=True", output), tail
+    assert re.search(r"node .*: CPU=8 GPU=1 head=False", output), tail
     logs = ray_tmp / "session_latest" / "logs"
     assert (logs / "raylet.out").is_file() and (logs / "raylet.1.out").is_file(), "expected two raylets"
 
