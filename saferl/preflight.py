@@ -174,12 +174,13 @@ def _check_judge(cfg: DictConfig) -> tuple[str, str]:
 
 def _check_parts(cfg: DictConfig) -> tuple[str, str]:
     import verl  # noqa: F401  (loads the saferl plugin)
-    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
     from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER as REWARD_MANAGERS
     from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
 
+    from saferl.verl_internals import registered_agent_loops
+
     wanted = {
-        "agent loop": (cfg.actor_rollout_ref.rollout.agent.default_agent_loop, _agent_loop_registry),
+        "agent loop": (cfg.actor_rollout_ref.rollout.agent.default_agent_loop, registered_agent_loops()),
         "reward manager": (cfg.reward.reward_manager.name, REWARD_MANAGERS),
         "advantage estimator": (cfg.algorithm.adv_estimator, ADV_ESTIMATOR_REGISTRY),
     }

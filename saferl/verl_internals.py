@@ -1,8 +1,9 @@
-"""The three places where saferl leans on verl 0.9.1 internals, and nowhere else.
+"""The places where saferl leans on verl 0.9.1 internals, and nowhere else.
 
 verl's own trainer runs on a CPU-only machine through public plugin points (a platform in
 `PlatformRegistry`, a rollout replica in `RolloutReplicaRegistry`), except for three spots that have no
-public hook. Each is kept here, says which verl line it depends on, and is checked by
+public hook (1-3 below); the dry run also reads one private registry (4). Each is kept here, says which
+verl line it depends on, and is checked by
 `tests/test_verl_internals.py`, which reads verl's installed source and fails loudly if an upgrade
 changes what the workaround relies on. verl is pinned exactly (setup.py); nothing here edits or patches
 verl's code.
@@ -55,3 +56,13 @@ def register_rollout_adapter(name: str, fqn: str, mode: str = "async") -> None:
     if existing is not None and existing != fqn:
         raise ValueError(f"verl rollout adapter ({name!r}, {mode!r}) is already {existing}, not {fqn}")
     registry[(name, mode)] = fqn
+
+
+# 4. The agent-loop registry, read (not written) by the dry run to say whether `default_agent_loop` names a
+#    registered loop before a job is submitted. verl/experimental/agent_loop/agent_loop.py:467 keeps it in
+#    the private `_agent_loop_registry`, which its public `register` (agent_loop.py:470) fills.
+def registered_agent_loops() -> set[str]:
+    """The names of the agent loops registered in this process (`import verl` loads saferl's)."""
+    from verl.experimental.agent_loop import agent_loop
+
+    return set(agent_loop._agent_loop_registry)

@@ -1,4 +1,4 @@
-"""The three verl internals saferl leans on (`saferl/verl_internals.py`), checked against the installed verl.
+"""The verl internals saferl leans on (`saferl/verl_internals.py`), checked against the installed verl.
 
 Each test reads what the workaround depends on in verl's own source or registry, so a verl upgrade that
 changes it fails here, loudly and by name, rather than deep inside a CPU training run. The platform
@@ -19,7 +19,7 @@ from verl.single_controller.base import worker
 from verl.utils import device, distributed
 from verl.workers.rollout import base as rollout_base
 
-from saferl.verl_internals import register_rollout_adapter
+from saferl.verl_internals import register_rollout_adapter, registered_agent_loops
 
 
 def test_verl_is_the_pinned_version() -> None:
@@ -52,6 +52,16 @@ def test_verls_rollout_adapters_live_in_a_private_dict() -> None:
     assert rollout_base.get_rollout_class("hf").__name__ == "HFServerAdapter"
     with pytest.raises(ValueError, match="already"):
         register_rollout_adapter("hf", "somewhere.Else")
+
+
+def test_the_dry_run_reads_the_agent_loop_registry_that_verls_register_fills() -> None:
+    """4. The dry run's look at registered agent loops: verl's public `register` writes the private dict."""
+    from verl.experimental.agent_loop import agent_loop
+
+    assert "_agent_loop_registry[agent_name]" in inspect.getsource(agent_loop.register)
+    import rollout.reflect_loop  # noqa: F401  (the verl plugin imports it in every verl process)
+
+    assert {"safe_reflect", "single_turn_agent"} <= registered_agent_loops()
 
 
 PROBE = """
