@@ -133,7 +133,8 @@ class SaferlReplayBuffer(ReplayBuffer):
             raise RolloutFailedError(
                 f"every judgement of this batch failed ({self.judge}): there is no reward to train on"
             )
-        dropped = [batch.keys[i] for i in range(len(batch.keys)) if i not in set(keep)]
+        kept = set(keep)
+        dropped = [key for i, key in enumerate(batch.keys) if i not in kept]
         tq.kv_clear(keys=dropped, partition_id=batch.partition_id)
         logger.info(
             "%d trajectories excluded (judge failures) from the %s batch", len(dropped), batch.partition_id

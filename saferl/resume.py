@@ -42,17 +42,21 @@ def _keep_until(path: Path, step: int) -> list[dict]:
     return kept
 
 
-def step_logged(run_dir: Path, step: int) -> bool:
-    """Whether a launch logged the training metrics of `step` (verl logs a step after checkpointing it)."""
-    for path in (run_dir / METRICS_DIR).glob("*.jsonl"):
+def _metrics_records(run_dir: Path):
+    """Every `{"step": N, "data": {...}}` record of every launch's metrics file (a torn line skipped)."""
+    for path in sorted((run_dir / METRICS_DIR).glob("*.jsonl")):
         for line in path.read_text().splitlines():
             try:
-                record = json.loads(line)
+                yield json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if int(record["step"]) == step and "training/global_step" in record["data"]:
-                return True
-    return False
+
+
+def step_logged(run_dir: Path, step: int) -> bool:
+    """Whether a launch logged the training metrics of `step` (verl logs a step after checkpointing it)."""
+    return any(
+        int(r["step"]) == step and "training/global_step" in r["data"] for r in _metrics_records(run_dir)
+    )
 
 
 def complete_checkpoints(run_dir: Path) -> list[int]:
@@ -91,11 +95,4 @@ def trim_after(run_dir: Path, step: int) -> bool:
 
 def logged_steps(run_dir: Path) -> list[int]:
     """The steps the run's metrics files hold, each once, in order."""
-    steps = set()
-    for path in (run_dir / METRICS_DIR).glob("*.jsonl"):
-        for line in path.read_text().splitlines():
-            try:
-                steps.add(int(json.loads(line)["step"]))
-            except (json.JSONDecodeError, KeyError, ValueError):
-                continue
-    return sorted(steps)
+    return sorted({int(r["step"]) for r in _metrics_records(run_dir) if "step" in r})
