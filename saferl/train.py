@@ -177,17 +177,11 @@ def run_verl(cfg: DictConfig) -> None:
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
 
+    from saferl.ray_cluster import join_cluster
+
     auto_set_device(cfg)
     validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
-    if cfg.saferl.ray.address:  # a cluster started by scripts/slurm: verl's ray.init joins it
-        with open_dict(cfg):
-            init = cfg.ray_kwargs.ray_init
-            init.address = cfg.saferl.ray.address
-            # The cluster's resources are the nodes' own (`ray start --num-cpus/--num-gpus`): Ray refuses
-            # a join that names them again.
-            for key in ("num_cpus", "num_gpus"):
-                if key in init:
-                    init[key] = None
+    join_cluster(cfg)  # a cluster started by scripts/slurm: verl's ray.init joins it
     print(
         f"saferl: verl {cfg.trainer.v1.trainer_mode} trainer (TaskRunnerV1), platform {cfg.saferl.platform}"
     )

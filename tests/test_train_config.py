@@ -252,6 +252,8 @@ def test_the_driver_resolves_the_config_FAKE_GPU_EDGE(
     [(config, runner)] = calls
     assert runner is main_ppo.TaskRunnerV1
     assert config.ray_kwargs.ray_init.address == "10.0.0.1:6379"
+    # Ray refuses a join that names resources or a system config: the cluster's are the head's own.
+    assert config.ray_kwargs.ray_init._system_config is None and config.ray_kwargs.ray_init.num_cpus is None
     assert config.actor_rollout_ref.rollout.agent.default_agent_loop == "safe_reflect"
     assert "${" not in OmegaConf.to_yaml(config)  # nothing left for the task runner to resolve
     assert config.saferl.reward.judge.openai.base_url == "http://judge.internal:9000/v1"
@@ -261,3 +263,23 @@ def test_the_driver_resolves_the_config_FAKE_GPU_EDGE(
     env = config.ray_kwargs.ray_init.runtime_env.env_vars
     metrics_file = tmp_path / "metrics" / "from_step_0.jsonl"
     assert str(metrics_file) == env.VERL_FILE_LOGGER_PATH
+
+
+def test_evaluation_starts_ray_as_verls_trainer_does() -> None:
+    """`saferl.ray_cluster.ray_init_kwargs`: verl's runtime env and switches, the platform's fake GPUs
+    and environment, and the 1 MiB inline limit, for the Ray that evaluation starts itself."""
+    from saferl.ray_cluster import ray_init_kwargs
+    from saferl.train import apply_platform_env
+
+    cfg = composed("+exp=tiny")
+    apply_platform_env(cfg)
+    kwargs = ray_init_kwargs(cfg)
+    assert kwargs["num_gpus"] == 2 and kwargs["num_cpus"] == 8
+    assert kwargs["_system_config"] == {"max_direct_call_object_size": 1 << 20}
+    env = kwargs["runtime_env"]["env_vars"]
+    assert env["VERL_PLATFORM"] == "cpu" and env["NCCL_DEBUG"] == "WARN"  # saferl's over verl's
+    assert env["TOKENIZERS_PARALLELISM"] == "false"  # the platform's value wins over verl's "true"
+    cfg.saferl.ray.address = "10.0.0.1:6379"
+    joined = ray_init_kwargs(cfg)
+    assert joined["address"] == "10.0.0.1:6379"
+    assert not {"num_cpus", "num_gpus", "_system_config"} & set(joined)

@@ -1,19 +1,19 @@
-"""Evaluation's generation: Ray-hosted HF servers driven by verl's own `AgentLoopWorker`.
+"""Evaluation's generation: verl's own rollout replicas, driven by verl's own `AgentLoopWorker`.
 
 An evaluated answer comes out of the parts the policy was trained with: `QISafeDataset`, the prompt and
-chat template, the image processing, the agent loop (`eval.agent_loop`) and validation sampling, through
-verl's agent-loop worker. The servers are the same `HFGenerationServer` the `hf` rollout backend serves
-in training (`rollout.hf_replica`), started here as a standalone pool (`rollout.server_manager`), so
-evaluation runs on one machine, CPU or one GPU (`saferl.local`). On GPU nodes training rolls out with
-vLLM; evaluation does not drive verl's vLLM replicas yet. Judging is separate (`saferl.eval.run`), so
-a cached generation can be judged again by another judge.
+chat template, the image processing, the agent loop (`eval.agent_loop`), validation sampling and the
+rollout backend (`actor_rollout_ref.rollout.name`). The replicas are started by verl's
+`LLMServerManager` in standalone mode (`RolloutReplica.init_standalone`: a resource pool of their own,
+`rollout.nnodes` x `rollout.n_gpus_per_node` devices, since there is no trainer to share them with),
+so evaluation generates with vLLM on GPU nodes and with the `hf` backend on the CPU platform, as
+training does. Judging is separate (`saferl.eval.run`), so a cached generation can be judged again by
+another judge.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import os
 import uuid
 from typing import Any
 
@@ -21,56 +21,23 @@ import numpy as np
 from omegaconf import DictConfig
 
 
-def init_ray(cfg: DictConfig) -> None:
-    """Join `saferl.ray.address` or start Ray here, and give this process's torch the cores left."""
-    import ray
-    import torch
+class ReplicaRollout:
+    def __init__(self, cfg: DictConfig) -> None:
+        """Start the replicas on `actor_rollout_ref.model.path` and an agent-loop worker in this process
+        (the caller has run `saferl.ray_cluster.init_ray`).
 
-    if not ray.is_initialized():
-        address = cfg.saferl.ray.address
-        env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
-        if address:
-            ray.init(address=str(address), runtime_env=env, log_to_driver=True)
-        else:
-            ray.init(
-                num_cpus=cfg.saferl.ray.num_cpus,
-                include_dashboard=False,
-                runtime_env=env,
-                _system_config={
-                    "max_direct_call_object_size": int(cfg.saferl.ray.max_direct_call_object_size)
-                },
-            )
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    threads = cfg.saferl.local.torch_threads or max(1, min(cpus, os.cpu_count() or 1))
-    torch.set_num_threads(int(threads))
-
-
-class LocalRollout:
-    def __init__(self, cfg: DictConfig, policy_path: str) -> None:
-        """Start the servers on `policy_path` and verl's agent-loop worker (the caller has run `ray.init`).
-
-        `cfg` is the whole resolved config: the worker reads `actor_rollout_ref`, `data` and the
-        agent-loop registry from it, the servers `saferl.local`. No reward worker: evaluation judges
-        its cached answers in a pass of its own.
+        `cfg` is the whole resolved config: verl's server manager and agent-loop worker read
+        `actor_rollout_ref`, `data` and the agent-loop registry from it. No reward worker: evaluation
+        judges its cached answers in a pass of its own.
         """
         from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+        from verl.workers.rollout.llm_server import LLMServerManager
 
-        from rollout.server_manager import HFServerManager
-
-        local = cfg.saferl.local
         self.cfg = cfg
-        self.servers = HFServerManager.start(
-            policy_path,
-            num_servers=int(local.num_servers),
-            num_cpus_per_server=int(local.num_cpus_per_server),
-            device=str(local.device),
-            max_batch_size=int(local.max_batch_size),
-            batch_wait_ms=float(local.batch_wait_ms),
-            # As verl's vLLM server: a request that names no max_tokens (verl's single_turn_agent,
-            # which validation and evaluation use) may fill the whole response budget.
-            default_max_tokens=int(cfg.actor_rollout_ref.rollout.response_length),
+        self.servers = LLMServerManager.create(cfg)
+        self.agent_worker = AgentLoopWorker(
+            cfg, llm_client=self.servers.get_client(), reward_loop_worker_handles=None
         )
-        self.agent_worker = AgentLoopWorker(cfg, llm_client=self.servers, reward_loop_worker_handles=None)
 
     def generate(
         self, rows: dict[str, Any], *, repeats: int, validate: bool, agent_name: str | None, step: int
@@ -96,7 +63,18 @@ class LocalRollout:
         return output
 
     def shutdown(self) -> None:
-        self.servers.shutdown()
+        """Stop the replicas and give back their devices, so the next checkpoint's replicas can start.
+
+        verl's manager has no teardown: a standalone replica's servers and workers are plain Ray actors
+        in a placement group of its own (`RayResourcePool.pgs`)."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for replica in self.servers.get_replicas():
+            for actor in [*replica.servers, *replica.workers]:
+                ray.kill(actor)
+            for group in (replica.resource_pool.pgs if replica.resource_pool else None) or []:
+                remove_placement_group(group)
 
 
 def decode_responses(output: Any, tokenizer: Any) -> list[str]:

@@ -162,11 +162,11 @@ class Generator:
     """Answers of one checkpoint on the benchmarks, through the training rollout path."""
 
     def __init__(self, cfg: DictConfig, checkpoint: Checkpoint) -> None:
-        from saferl.eval.rollout import LocalRollout
+        from saferl.eval.rollout import ReplicaRollout
 
         self.cfg = cfg.copy()
         self.cfg.actor_rollout_ref.model.path = str(checkpoint.path)  # the loop's tokenizer/processor
-        self.rollout = LocalRollout(self.cfg, str(checkpoint.path))
+        self.rollout = ReplicaRollout(self.cfg)
         # The agent loop's own: prompts are built and answers decoded by one processor.
         self.processor = self.rollout.agent_worker.processor
         self.tokenizer = self.rollout.agent_worker.tokenizer
@@ -504,14 +504,16 @@ def judgement_record(sample: Any) -> dict[str, Any]:
 
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
-    """Prepare (secrets, the tiny model), start Ray, evaluate."""
-    import ray
-
-    from saferl.eval.rollout import init_ray
-    from saferl.preflight import check_no_secrets
-    from saferl.train import use_tiny_model
+    """Prepare (the platform, secrets, the tiny model), start Ray, evaluate."""
+    from saferl.train import apply_platform_env, use_tiny_model
 
     OmegaConf.set_struct(cfg, False)
+    apply_platform_env(cfg)  # before verl is imported: it picks its platform once
+    import ray
+
+    from saferl.preflight import check_no_secrets
+    from saferl.ray_cluster import init_ray
+
     check_no_secrets(cfg)
     use_tiny_model(cfg)
     OmegaConf.resolve(cfg)

@@ -104,7 +104,7 @@ ray_cluster_start() {
   if [[ -n "${RAY_HEAD_START_ARGS:-}" ]]; then head_extra=($RAY_HEAD_START_ARGS); fi
 
   # Ray's system config is the head's, for the whole cluster: by default what saferl's own ray.init sets
-  # (saferl.ray.max_direct_call_object_size, 1 MiB: one rollout request with its images, one message).
+  # (ray_kwargs.ray_init._system_config in conf/base.yaml, 1 MiB: one rollout request with its images, one message).
   local default_system_config='{"max_direct_call_object_size": 1048576}'
   local system_config="${RAY_SYSTEM_CONFIG-$default_system_config}"
   if [[ -n "$system_config" ]]; then head_extra=(--system-config="$system_config" "${head_extra[@]}"); fi
