@@ -29,6 +29,7 @@ from verl.utils.profiler import simple_timer
 
 from rewards.faults import check_failure_fraction
 from rewards.judge import HARMFUL, OVER_REFUSAL, JudgeInput
+from rewards.judges.rule import split_response
 from rewards.rubric import POINTS, SAFETY, load_reward_config
 from rewards.scorer import RewardScorer, ScoredSample, extra_info
 from saferl.policies import PolicyCategory, load_policies
@@ -36,7 +37,12 @@ from saferl.policies import PolicyCategory, load_policies
 NAME = "safe_reflect"
 DEFAULT_ROLLOUT_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "rollout" / "default.yaml"
 MODES = ("replace",)
-REINFORCE = ("correction_only", "whole_trajectory")
+REINFORCE = ("correction_only", "whole_trajectory", "correction_as_answer")
+# The variant that trains the correction as the answer to the original prompt is off-policy: its tokens were
+# sampled after the attempt and the reflection. verl's rollout correction weighs each token by
+# pi(token | prompt) / pi(token | prompt, attempt, reflection) (old_log_prob over rollout_log_probs),
+# which is what it needs on.
+AS_ANSWER = "correction_as_answer"
 _WORDS = re.compile(r"[a-z]+")
 
 
@@ -50,14 +56,21 @@ def load_rollout_config(
 class SafetyCheck:
     """The outcome of judging one response for safety."""
 
-    verdict: str  # "unsafe" | "safe" | "unknown" (the judge failed)
+    verdict: str  # "unsafe" | "safe" | "no_answer" (nothing after the reasoning) | "unknown" (judge failed)
     safety: float | None  # safety awareness on 0..10, when judged
     error: str | None = None
 
 
-def safety_of(sample: ScoredSample, threshold: float, safety_scale: float = POINTS) -> SafetyCheck:
+def safety_of(
+    sample: ScoredSample, threshold: float, safety_scale: float = POINTS, answered: bool = True
+) -> SafetyCheck:
     """Unsafe when flagged harmful, or scored below the threshold without being an over-refusal
     (declining a benign request is a helpfulness failure, not an unsafe generation).
+
+    A response with no final answer (`answered` false: its reasoning never closed, or nothing follows
+    it) is `no_answer`, never reflected on: rubric v2 scores its safety low (2, as an over-refusal), but
+    it said nothing unsafe, and a reflection telling a benign request's cut-off answer that it "may be
+    unsafe" teaches refusing it. The reward prices it; the format criterion shows it.
 
     The threshold is on 0..10 (as the safety gate's); the judge gives safety on its criterion's own
     scale (`safety_scale`), so it is normalised first."""
@@ -65,6 +78,8 @@ def safety_of(sample: ScoredSample, threshold: float, safety_scale: float = POIN
         return SafetyCheck("unknown", None, sample.judge_error)
     raw = sample.criteria.get(SAFETY)
     safety = None if raw is None else POINTS * float(raw) / float(safety_scale)
+    if not answered and HARMFUL not in sample.flags:
+        return SafetyCheck("no_answer", safety)
     unsafe = HARMFUL in sample.flags or (
         safety is not None and safety < threshold and OVER_REFUSAL not in sample.flags
     )
@@ -141,6 +156,14 @@ class SafeReflectAgentLoop(AgentLoopBase):
         cfg = OmegaConf.select(self.config, "saferl.rollout")
         self.cfg = cfg if cfg is not None else load_rollout_config()
         check_rollout_mode(self.cfg)
+        if self.cfg.reinforce == AS_ANSWER and not OmegaConf.select(
+            self.config, "algorithm.rollout_correction.rollout_is"
+        ):
+            raise ValueError(
+                "saferl.rollout.reinforce=correction_as_answer trains a correction as the answer to a prompt "
+                "it was not sampled for: set algorithm.rollout_correction.rollout_is=token (verl's truncated "
+                "importance weights) so each token is weighed by its probability under the original prompt"
+            )
         reward_cfg = OmegaConf.select(self.config, "saferl.reward")
         reward_cfg = reward_cfg if reward_cfg is not None else load_reward_config()
         # The last safety check judges the final answer with the reward's own judge and rubric, so its
@@ -173,7 +196,9 @@ class SafeReflectAgentLoop(AgentLoopBase):
             self.checker.last_error,
         )
         scale = {c.name: c.scale for c in self.checker.rubric.criteria}[SAFETY]
-        return safety_of(sample, float(self.cfg.safety_check.threshold), scale), sample, item
+        answered = bool(split_response(response)[1])
+        check = safety_of(sample, float(self.cfg.safety_check.threshold), scale, answered)
+        return check, sample, item
 
     async def _generate(
         self, request_id: str, token_ids: list[int], sampling_params: dict, images, metrics: dict, used: int
@@ -271,7 +296,18 @@ class SafeReflectAgentLoop(AgentLoopBase):
         if self.check_is_reward and not judged.failed:
             reward_score = judged.score
             extra["reward_extra_info"] = extra_info(judged, self.checker.rubric, judged_item)
-        trajectory = self._trajectory(prompt_ids, running, corrected_mask, logprobs)
+        if reflected and self.cfg.reinforce == AS_ANSWER:
+            # Off-policy guidance: the prompt, then the correction alone, as if it were the first answer;
+            # its log probs are the sampler's (after the reflection), for verl's importance weights.
+            trajectory = self._trajectory(
+                prompt_ids,
+                [*prompt_ids, *output.token_ids],
+                [1] * len(output.token_ids),
+                list(output.log_probs or []),
+            )
+            turns = 2
+        else:
+            trajectory = self._trajectory(prompt_ids, running, corrected_mask, logprobs)
         return AgentLoopOutput(
             prompt_ids=trajectory["prompt_ids"],
             response_ids=trajectory["response_ids"],

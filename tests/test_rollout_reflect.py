@@ -21,7 +21,7 @@ from verl_config import compose_trainer_config
 
 from rewards.faults import JudgeFailureError
 from rewards.judge import JudgeInput
-from rewards.judges.rule import RuleJudge
+from rewards.judges.rule import RuleJudge, split_response
 from rewards.rubric import load_reward_config, rubric_from_config
 from rollout.reflect_loop import safety_of
 from rollout.server_manager import HFServerManager
@@ -101,10 +101,10 @@ def test_reflection_fires_exactly_when_the_judge_says_unsafe(
         from rewards.scorer import RewardScorer
 
         [sample] = RewardScorer(rubric, judge).score_sync([item])
-        expected = safety_of(sample, 5.0).verdict
+        expected = safety_of(sample, 5.0, answered=bool(split_response(text)[1])).verdict
         assert nt["verdict_before"][i] == expected
         assert nt["reflection_skipped"][i] is None
-        assert bool(nt["reflected"][i]) == (expected == "unsafe")
+        assert bool(nt["reflected"][i]) == (expected == "unsafe")  # never on "no_answer"
         assert nt["reflection_rounds"][i] == (1 if expected == "unsafe" else 0)
         if nt["reflected"][i]:
             assert nt["clause_id"][i].startswith(nt["category"][i] + ".P")
@@ -170,6 +170,37 @@ def test_correction_only_masks_the_unsafe_attempt(servers, rows: list[dict], tin
             assert len(ones) > 0 and int(ones[-1] - ones[0] + 1) == len(ones)
             assert int(mask[: int(ones[0])].sum()) == 0
             assert nt["final_response"][i]
+
+
+def test_correction_as_answer_trains_the_correction_on_the_original_prompt(
+    servers, rows: list[dict], tiny_model_dir: Path
+) -> None:
+    """Off-policy guidance: a reflected trajectory becomes the original prompt and the correction alone
+    (mask 1, the sampler's log probs under the reflection, for verl's importance weights); an unreflected
+    one is unchanged."""
+    cfg = trainer_config(tiny_model_dir, rollout=["reinforce=correction_as_answer"])
+    cfg.algorithm.rollout_correction.rollout_is = "token"
+    out = run_rollout(cfg, servers, rows)
+    processor, _ = load_vlm(tiny_model_dir)
+    nt = out.non_tensor_batch
+    assert any(nt["reflected"]) and not all(nt["reflected"])
+    for i in range(len(out)):
+        mask = out.batch["response_mask"][i]
+        attention = out.batch["attention_mask"][i, -RESPONSE_LENGTH:]
+        assert torch.equal(mask, attention)  # every real response token is trained: no injected span
+        n = int(attention.sum())
+        text = processor.tokenizer.decode(out.batch["responses"][i, :n], skip_special_tokens=True)
+        assert "Your previous answer may be unsafe" not in text
+        assert text.strip() == nt["final_response"][i].strip()  # the correction (or the only answer)
+        if nt["reflected"][i]:
+            assert nt["first_response"][i] != nt["final_response"][i]
+            assert torch.all(out.batch["rollout_log_probs"][i, :n] < 0)
+
+
+def test_correction_as_answer_without_importance_weights_is_refused(servers, rows, tiny_model_dir) -> None:
+    cfg = trainer_config(tiny_model_dir, rollout=["reinforce=correction_as_answer"])
+    with pytest.raises(Exception, match=r"set algorithm\.rollout_correction\.rollout_is=token"):
+        run_rollout(cfg, servers, rows)
 
 
 def test_extra_mode_is_refused_with_the_reason(servers, rows, tiny_model_dir) -> None:
@@ -246,3 +277,15 @@ def test_safety_of_reads_safety_on_the_judges_own_scale() -> None:
     assert safety_of(
         ScoredSample("y", 1.0, criteria={"safety_awareness": 9.0}, flags=["harmful"]), 5.0
     ).verdict == ("unsafe")
+
+
+def test_a_response_with_no_answer_is_not_reflected_on() -> None:
+    """Rubric v2 scores a cut-off answer's safety 2 (below the threshold) but it said nothing unsafe:
+    reflecting on a benign request's cut-off answer ("may be unsafe") would teach refusing it."""
+    from rewards.scorer import ScoredSample
+
+    cut_off = ScoredSample("x", 0.2, criteria={"safety_awareness": 2.0}, flags=["bad_format"])
+    assert safety_of(cut_off, 5.0, answered=False).verdict == "no_answer"
+    assert safety_of(cut_off, 5.0, answered=True).verdict == "unsafe"
+    harmful = ScoredSample("y", 0.0, criteria={"safety_awareness": 0.0}, flags=["harmful"])
+    assert safety_of(harmful, 5.0, answered=False).verdict == "unsafe"  # harm in the reasoning still counts
