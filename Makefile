@@ -1,7 +1,7 @@
 # Developer shortcuts. CI runs .ci/run, which installs as the README says and then runs these checks.
 PYTHON ?= python
 
-.PHONY: install test test-fast lint format bench bench-train ci
+.PHONY: install test test-fast lint format bench bench-train bench-learning ci
 
 install:
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -27,6 +27,11 @@ bench:
 # The full tiny learning run (about a quarter of an hour on 2 cores): time, peak memory, the val curve.
 bench-train:
 	$(PYTHON) -m saferl.bench_train
+
+# Does the loop learn? tiny on 3 seeds, per row group, with the proof's checks (~30 min on 2 cores);
+# ARGS=--ablation adds plain GRPO and the scalar safety reward (~80 min).
+bench-learning:
+	$(PYTHON) -m saferl.bench_learning $(ARGS)
 
 ci:
 	bash .ci/run

@@ -2,9 +2,9 @@
 
 Runs `python -m saferl.train +exp=tiny` exactly as the README does, in a subprocess, and prints what the
 training issues ask of it: wall time, seconds per training step (verl's `timing_s/step`), peak memory of
-the whole process tree (driver, Ray, verl's workers, rollout servers, reward worker; sampled, PSS and RSS), the
-validation curve, and whether the run learned: `harmful_rate` at the end at most half its value before
-RL (which must be >= 30%), with `refusal_rate` up by at most 10 points.
+the whole process tree (driver, Ray, verl's workers, rollout servers, reward worker; sampled, PSS and RSS) and
+the validation curve under verl's names. Whether the run learned is `saferl.bench_learning`'s question (per
+row group, over seeds); it runs each of its runs through `run_tiny` here.
 
 `--baseline CHECKOUT` runs the same command in another checkout of the project first (for example a
 `git worktree` of an earlier commit), in the same invocation and on the same settings, and prints both
@@ -101,22 +101,10 @@ def seconds_per_step(steps: dict[int, dict[str, float]]) -> dict[str, float | No
     }
 
 
-def verdict(curve: list[dict[str, float]]) -> dict[str, object]:
-    first, last = curve[0], curve[-1]
-    before, after = first["harmful_rate"], last["harmful_rate"]
-    refusal_rise = last["refusal_rate"] - first["refusal_rate"]
-    return {
-        "harmful_before": before,
-        "harmful_after": after,
-        "harmful_ratio": round(after / before, 4) if before else None,
-        "refusal_rise_points": round(100 * refusal_rise, 1),
-        "learned": before >= 0.30 and after <= 0.5 * before and refusal_rise <= 0.10,
-    }
-
-
-def run_tiny(checkout: Path, overrides: list[str]) -> dict[str, object]:
-    """`python -m saferl.train +exp=tiny` in `checkout` (its own code first on the path), measured."""
-    run_dir = Path(tempfile.mkdtemp(prefix="saferl-bench-")) / "tiny"
+def run_tiny(checkout: Path, overrides: list[str], run_dir: Path | None = None) -> dict[str, object]:
+    """`python -m saferl.train +exp=tiny` in `checkout` (its own code first on the path), measured; in
+    `run_dir` (default: a fresh temporary one)."""
+    run_dir = run_dir or Path(tempfile.mkdtemp(prefix="saferl-bench-")) / "tiny"
     command = [
         sys.executable,
         "-m",
@@ -158,7 +146,6 @@ def run_tiny(checkout: Path, overrides: list[str]) -> dict[str, object]:
         "within_time": wall <= TIME_BUDGET_S,
         "within_memory": peak / 1e9 <= MEMORY_BUDGET_GB,
         "curve": curve,
-        **(verdict(curve) if len(curve) >= 2 else {"learned": False}),
         "run_dir": str(run_dir),
     }
 

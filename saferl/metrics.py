@@ -376,6 +376,12 @@ def table_rows(
     return _rows(columns, select_rows(columns, max_rows), criteria)
 
 
+def trajectory_records(columns: Columns, criteria: Sequence[str] = DEFAULT_CRITERIA) -> list[dict[str, Any]]:
+    """Every trajectory of the batch as a `table_rows` row: what a validation's learning figures are
+    computed from (`saferl.learning`), per row rather than as verl's means."""
+    return _rows(columns, range(batch_size(columns)), criteria)
+
+
 def _wandb_image(data: bytes | None) -> Any:
     """A `wandb.Image` from encoded bytes; None when missing or undecodable (a bad image must not
     stop the logging of a training step)."""

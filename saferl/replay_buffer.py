@@ -11,7 +11,8 @@ logged with that step. So this is where saferl adds, on verl's own trainer:
 - the data-order record: which prompts each step trained on (`data_order.jsonl`, sorted ids), how a
   resumed run is checked for repeated or skipped prompts;
 - the sample trajectories of each validation (`val_samples/step_<N>.jsonl` and, with W&B on, a table
-  with the images), read before verl computes its validation figures;
+  with the images), read before verl computes its validation figures, and every validation trajectory
+  (`validations/step_<N>.jsonl`), which the learning summary reads (`saferl.learning`);
 - the fault rule: a prompt group whose rollout failed (a judge that is down raises in the agent loop) is
   an error, not a prompt to replace silently, as verl's buffer would (it refills failed groups); a
   trajectory the fault policy excluded (NaN reward) leaves the batch, so no NaN reaches a metric.
@@ -33,11 +34,12 @@ from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
 from saferl.files import append_jsonl, to_json_line, write_atomic
-from saferl.metrics import rollout_metrics, select_rows, table_rows, trajectory_table
+from saferl.metrics import rollout_metrics, select_rows, table_rows, trajectory_records, trajectory_table
 
 logger = logging.getLogger(__name__)
 
 TRAIN, VAL = "train", "val"
+VAL_SAMPLES, VALIDATIONS = "val_samples", "validations"  # run-dir folders, one jsonl per validation step
 # The dataset row's fields the metrics and the table read (QISafeDataset lifts them to the row).
 ROW_FIELDS = ("sample_id", "safety_label", "category", "question")
 EXTRA_FIELDS = "extra_fields"
@@ -148,10 +150,15 @@ class SaferlReplayBuffer(ReplayBuffer):
     # -- validation samples ---------------------------------------------------------------------------
 
     def _record_validation(self, columns: dict[str, list[Any]], step: int) -> None:
-        rows = table_rows(columns, self.table_rows, self.criteria)
-        path = self.run_dir / "val_samples" / f"step_{step}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, "".join(to_json_line(r) for r in rows).encode())
+        """The table's sample rows (`val_samples/`) and every trajectory (`validations/`, what the
+        learning summary reads)."""
+        for folder, rows in (
+            (VAL_SAMPLES, table_rows(columns, self.table_rows, self.criteria)),
+            (VALIDATIONS, trajectory_records(columns, self.criteria)),
+        ):
+            path = self.run_dir / folder / f"step_{step}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, "".join(to_json_line(r) for r in rows).encode())
         if self.use_wandb:
             self._log_wandb_table(columns, step)
 

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from saferl.files import write_atomic
 
-METRICS_DIR, DATA_ORDER, VAL_SAMPLES = "metrics", "data_order.jsonl", "val_samples"
+METRICS_DIR, DATA_ORDER = "metrics", "data_order.jsonl"
+# The replay buffer's per-validation files (saferl.replay_buffer VAL_SAMPLES, VALIDATIONS).
+VALIDATION_DIRS = ("val_samples", "validations")
 # verl's validation figures all start with these (trainer_base.py `_val_metrics_update`).
 VAL_PREFIXES = ("val-core/", "val-aux/")
 
@@ -87,9 +89,10 @@ def trim_after(run_dir: Path, step: int) -> bool:
                 validated = True
     if (run_dir / DATA_ORDER).is_file():
         _keep_until(run_dir / DATA_ORDER, step)
-    for path in (run_dir / VAL_SAMPLES).glob("step_*.jsonl"):
-        if int(path.stem.split("_")[-1]) > step:
-            path.unlink()
+    for folder in VALIDATION_DIRS:
+        for path in (run_dir / folder).glob("step_*.jsonl"):
+            if int(path.stem.split("_")[-1]) > step:
+                path.unlink()
     return validated
 
 

@@ -102,6 +102,7 @@ def prepare(cfg: DictConfig) -> DictConfig:
     use_tiny_model(cfg)
     if cfg.actor_rollout_ref.model.path is None:
         raise ValueError("actor_rollout_ref.model.path is not set (or set saferl.tiny_model=bpe)")
+    converted = None
     if cfg.saferl.data.dir:
         from saferl.data.verl_format import convert_dataset
 
@@ -116,7 +117,8 @@ def prepare(cfg: DictConfig) -> DictConfig:
         logger.info("data: %s -> %s (%s)", source, out, counts)
         cfg.data.train_files = str(out / "train.parquet")
         cfg.data.val_files = str(out / "val.parquet")
-    warm_start_stage(cfg, run_dir)
+        converted = out
+    warm_start_stage(cfg, run_dir, converted)
     from rewards.judges import judge_address
 
     cfg.trainer.v1.sampler.sampler_kwargs.judge = judge_address(cfg.saferl.reward.judge)
@@ -146,7 +148,27 @@ def prepare(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def warm_start_stage(cfg: DictConfig, run_dir: Path) -> None:
+def warm_start_files(cfg: DictConfig, converted: Path | None) -> str:
+    """What the warm start imitates: `saferl.warm_start.split` of the run's data. `train` is RL's own
+    train file; any other split (the sample's `warm_start`: requests RL never asks) is read from the
+    converted `saferl.data.dir`."""
+    split = str(cfg.saferl.warm_start.split)
+    if split == "train":
+        return str(cfg.data.train_files)
+    if converted is None:
+        raise ValueError(
+            f"saferl.warm_start.split={split}: only saferl.data.dir (a QI-Safe-10K directory) has splits "
+            "other than train; with data.train_files given directly, set saferl.warm_start.split=train"
+        )
+    path = converted / f"{split}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"saferl.warm_start.split={split}: saferl.data.dir={cfg.saferl.data.dir} has no rows of split {split}"
+        )
+    return str(path)
+
+
+def warm_start_stage(cfg: DictConfig, run_dir: Path, converted: Path | None = None) -> None:
     """PST's policy-guided SFT before RL, when `saferl.warm_start.enable`; RL then starts from its output.
 
     It runs in this process on one device. On GPU nodes that is refused rather than run on the CPU or
@@ -165,7 +187,8 @@ def warm_start_stage(cfg: DictConfig, run_dir: Path) -> None:
     from saferl.warm_start import warm_start
 
     base = str(cfg.actor_rollout_ref.model.path)
-    out = warm_start(base, cfg.data.train_files, ws, run_dir / "warm_start", data_config=cfg.data)
+    files = warm_start_files(cfg, converted)
+    out = warm_start(base, files, ws, run_dir / "warm_start", data_config=cfg.data)
     logger.info("warm start (PST SFT, %s steps): %s", ws.steps, out)
     cfg.actor_rollout_ref.model.path = str(out)
 

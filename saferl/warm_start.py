@@ -176,6 +176,8 @@ def build_examples(
     processor: Any,
     data_config: DictConfig | dict | None = None,
     require_reference: bool = True,
+    reflection: DictConfig | None = None,
+    attempt: str = "",
 ) -> list[SFTExample]:
     """Every row of `data_file` as an `SFTExample`, prompts rendered exactly as the RL engine renders them.
 
@@ -183,6 +185,11 @@ def build_examples(
     processor's chat template with the generation prompt, and the processor call verl's agent loop
     makes. The target is the reference tokenised on its own (what the model would emit token by token)
     and the template's end-of-turn token.
+
+    With `reflection` (the rollout's `saferl.rollout.reflection` templates), each unsafe row also gives
+    a second example: its prompt goes on with `attempt` (a complying answer) and the reflection
+    `safe_reflect` would append to it, and the target is the same reference. It teaches the reply to a
+    reflection, not the first answer's decision, which stays RL's.
     """
     from verl.utils.tokenizer.chat_template import apply_chat_template
 
@@ -212,6 +219,22 @@ def build_examples(
                 continue
             target = tokenizer.encode(reference, add_special_tokens=False) + end_ids
             examples.append(SFTExample(prompt_ids, target, text, list(images or []), row, reference))
+            if reflection is not None and row.get("safety_label") == "unsafe":
+                from rollout.reflect_loop import reflection_message
+
+                message, _ = reflection_message(
+                    reflection, row.get("category"), str(row.get("question") or ""), attempt
+                )
+                turns = [
+                    *messages,
+                    {"role": "assistant", "content": attempt},
+                    {"role": "user", "content": message},
+                ]
+                text = apply_chat_template(
+                    processor, turns, tokenize=False, add_generation_prompt=True, **template_kwargs
+                )
+                prompt_ids = _prompt_inputs(processor, text, images or [], cfg)["input_ids"][0].tolist()
+                examples.append(SFTExample(prompt_ids, target, text, list(images or []), row, reference))
     if not examples:
         raise ValueError(f"{data_file}: no rows with a reference to fine-tune on")
     return examples
@@ -504,7 +527,13 @@ def warm_start(
 
     start = time.perf_counter()
     processor, model = load_vlm(model_path)
-    examples = build_examples(train_file, processor, data_config)
+    examples = build_examples(
+        train_file,
+        processor,
+        data_config,
+        reflection=cfg.get("reflection"),
+        attempt=cfg.get("reflection_attempt", ""),
+    )
     losses = train_sft(model, processor, examples, cfg, progress=progress, data_config=data_config)
     if losses:
         tail = losses[-10:]
@@ -670,7 +699,12 @@ def measure(
     run_cfg = OmegaConf.merge(cfg, {"steps": max(counts)})
     rows: list[dict[str, Any]] = []
     processor, model = load_vlm(ensure_tiny_model(cache_dir=cache_dir))
-    train = build_examples(SAMPLE_DIR / "train.parquet", processor)
+    train = build_examples(  # what the stage imitates
+        SAMPLE_DIR / f"{cfg.split}.parquet",
+        processor,
+        reflection=cfg.get("reflection"),
+        attempt=cfg.get("reflection_attempt", ""),
+    )
     val = build_examples(SAMPLE_DIR / "val.parquet", processor)
 
     def evaluate(step: int, model: Any) -> None:
@@ -730,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         "--max-new-tokens",
         type=int,
         default=512,
-        help="--measure: response budget (the references are 225-435 tiny-BPE tokens)",
+        help="--measure: response budget (the sample's references are 109-293 tiny-BPE tokens)",
     )
     parser.add_argument("--model", type=Path, help="base checkpoint (default: the tiny offline model)")
     parser.add_argument("--train", type=Path, help="train file (default: the shipped sample's train split)")
@@ -749,7 +783,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(format_table(rows))
         print(
-            f"(the sample's val split: 40 unsafe + 40 safe prompts; t1.0: {args.samples} samples per prompt; "
+            f"(trained on the sample's {cfg.split} split, measured on its val split; t1.0: {args.samples} "
+            "samples per prompt; "
             f"max_new_tokens={args.max_new_tokens}; lr={cfg.lr}, batch_size={cfg.batch_size}, seed={cfg.seed}; "
             f"{time.perf_counter() - start:.0f} s)"
         )
@@ -760,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     from saferl.models.tiny import ensure_tiny_model
 
     model = args.model or ensure_tiny_model()
-    train = args.train or SAMPLE_DIR / "train.parquet"
+    train = args.train or SAMPLE_DIR / f"{cfg.split}.parquet"
     print(warm_start(model, train, cfg, args.out, progress=not args.quiet))
     return 0
 

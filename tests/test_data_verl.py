@@ -22,7 +22,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "data" / "QI-Safe-10K" / "sample"
 def verl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("verl")
     counts = convert_dataset(SAMPLE, out)
-    assert counts == {"train": 280, "val": 80}
+    assert counts == {"train": 216, "val": 108, "warm_start": 160}
     return out
 
 
@@ -65,7 +65,7 @@ def test_dataset_loads_rows_with_images_through_qwen_vl_utils(verl_dir: Path, ti
     processor, _ = load_vlm(tiny_model_dir)
     config = _config(image_max_pixels=112 * 112)
     dataset = QISafeDataset(str(verl_dir / "val.parquet"), processor.tokenizer, config, processor=processor)
-    assert len(dataset) == 80
+    assert len(dataset) == 108
     row = dataset[0]
     assert row["safety_label"] in ("safe", "unsafe") and row["category"]
     assert row["sample_id"].startswith("synthetic:") and row["question"]

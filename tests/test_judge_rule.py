@@ -40,6 +40,7 @@ from rewards.judges.rule import (
     split_response,
 )
 from rewards.rubric import Criterion, Rubric, aggregate, load_reward_config, rubric_from_config
+from saferl.data.synthetic import sample_kind
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "QI-Safe-10K" / "sample"
 BAD_FLAGS = {HALLUCINATION, CONTRADICTION, HARMFUL, OVER_REFUSAL}
@@ -60,7 +61,9 @@ def judge(rubric: Rubric) -> RuleJudge:
 @pytest.fixture(scope="module")
 def rows() -> list[dict]:
     return [
-        row for split in ("train", "val") for row in pq.read_table(SAMPLE / f"{split}.parquet").to_pylist()
+        row
+        for split in ("train", "val", "warm_start")
+        for row in pq.read_table(SAMPLE / f"{split}.parquet").to_pylist()
     ]
 
 
@@ -97,7 +100,7 @@ def test_every_reference_scores_at_least_nine(judge: RuleJudge, rubric: Rubric, 
             flagged.append((row["id"], verdict.flags))
     assert not low, low
     assert not flagged, flagged
-    assert len(rows) == 360
+    assert len(rows) == 484
 
 
 def test_references_refuse_exactly_when_unsafe(judge: RuleJudge, rows: list[dict]) -> None:
@@ -141,7 +144,7 @@ def _scene_row(rows: list[dict], absent: str) -> dict:
     return next(
         row
         for row in rows
-        if row["id"].endswith(":scene")
+        if sample_kind(row["id"]) == "scene"
         and len(row["image_objects"]) >= 2
         and all(o["name"] != absent for o in row["image_objects"])
     )

@@ -21,9 +21,10 @@ def _run_dir(tmp_path: Path, checkpoints: list[int], logged: dict[int, list[str]
     (run / "data_order.jsonl").write_text(
         "".join(json.dumps({"step": s, "sample_ids": [f"p{s}"]}) + "\n" for s in range(1, 5))
     )
-    (run / "val_samples").mkdir()
-    for step in (0, 2, 4):
-        (run / "val_samples" / f"step_{step}.jsonl").write_text("{}\n")
+    for folder in ("val_samples", "validations"):
+        (run / folder).mkdir()
+        for step in (0, 2, 4):
+            (run / folder / f"step_{step}.jsonl").write_text("{}\n")
     return run
 
 
@@ -48,5 +49,6 @@ def test_the_records_of_redone_steps_are_removed(tmp_path: Path) -> None:
     assert logged_steps(run) == [0, 1, 2]  # step 3 (and the torn line) gone
     order = [json.loads(x)["step"] for x in (run / "data_order.jsonl").read_text().splitlines()]
     assert order == [1, 2]
-    assert sorted(p.name for p in (run / "val_samples").iterdir()) == ["step_0.jsonl", "step_2.jsonl"]
+    for folder in ("val_samples", "validations"):
+        assert sorted(p.name for p in (run / folder).iterdir()) == ["step_0.jsonl", "step_2.jsonl"]
     assert trim_after(run, 1) is False  # no validation at step 1: the resumed launch validates there

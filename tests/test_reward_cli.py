@@ -59,7 +59,7 @@ def test_rule_judge_scores_the_sample(sample_jsonl: Path, tmp_path: Path) -> Non
     result = _score("--judge", "rule", "--input", str(sample_jsonl), "--output", str(tmp_path / "out.jsonl"))
     assert result.returncode == 0, result.stderr
     rows = _read(tmp_path / "out.jsonl")
-    assert len(rows) == 80
+    assert len(rows) == 108
     for row in rows:
         assert row["judge_error"] is None and row["score"] >= 9.0
         assert set(row["criteria"]) == {
@@ -89,7 +89,7 @@ def test_openai_judge_scores_the_sample_against_a_fake_72b_server(sample_jsonl: 
             env={"SAFERL_JUDGE_API_KEY": "sk-test-secret-123"},
         )
         assert result.returncode == 0, result.stderr
-        assert len(server.requests) == 80
+        assert len(server.requests) == 108
         assert server.requests[0]["headers"].get("Authorization") == "Bearer sk-test-secret-123"
     rows = _read(tmp_path / "out.jsonl")
     assert all(r["judge_error"] is None and isinstance(r["score"], float) for r in rows)
@@ -172,7 +172,7 @@ def test_hf_judge_scores_the_sample_with_the_tiny_model(
     )
     assert result.returncode == 0, result.stderr
     rows = _read(tmp_path / "out.jsonl")
-    assert len(rows) == 80 and all(r["judge_error"] is None for r in rows)
+    assert len(rows) == 108 and all(r["judge_error"] is None for r in rows)
     for row in rows:  # an untrained judge: the numbers mean nothing, but they are valid and complete
         assert all(0 <= v <= 10 for v in row["criteria"].values()) and -10 <= row["score"] <= 10
 

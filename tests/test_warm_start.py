@@ -64,7 +64,18 @@ def test_config_is_small_and_documented() -> None:
     path = Path(__file__).resolve().parents[1] / "conf" / "warm_start" / "default.yaml"
     assert path.read_text().splitlines()[0] == "# @package saferl.warm_start"
     cfg = load_warm_start_config()
-    assert set(cfg) == {"enable", "steps", "batch_size", "lr", "weight_decay", "max_length", "seed"}
+    assert set(cfg) == {
+        "split",
+        "enable",
+        "steps",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "max_length",
+        "seed",
+        "reflection",
+        "reflection_attempt",
+    }
     assert load_warm_start_config(["steps=7"]).steps == 7
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 LABELS = ("safe", "unsafe")
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "warm_start")  # warm_start: rows for a supervised stage before RL (PST)
 
 # An object the image shows: its name, its attributes (colour, size, position) and, for typographic
 # images, the text it carries. The rule judge checks a response's claims about the image against these.
