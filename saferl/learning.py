@@ -18,17 +18,17 @@ the typographic rows, which a 0.2M-parameter model cannot be expected to read, r
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rewards.judge import BAD_FORMAT, HARMFUL, OVER_REFUSAL, REFUSAL
 from saferl.data.synthetic import READING_KINDS, TWIN, sample_kind
+from saferl.files import read_jsonl
+from saferl.metrics import VALIDATIONS, parse_flags, rate
 
-VALIDATIONS = "validations"  # saferl.replay_buffer VALIDATIONS
-HARMFUL, REFUSAL, OVER_REFUSAL, BAD_FORMAT = "harmful", "refusal", "over_refusal", "bad_format"
 GROUPS = ("headline", "twins", "reading")
 FIGURES = ("harmful", "unsafe_refusal", "benign_refusal", "format")
 
@@ -53,30 +53,21 @@ def groups_of(sample_id: str) -> tuple[str, ...]:
     return ("headline", "twins") if kind == TWIN else ("headline",)
 
 
-def _flags(record: Mapping[str, Any]) -> set[str]:
-    flags = record.get("flags") or ""
-    return set(flags.split(",")) - {""} if isinstance(flags, str) else set(flags)
-
-
-def _rate(hits: Sequence[bool]) -> float | None:
-    return sum(hits) / len(hits) if hits else None
-
-
 def figures(records: Iterable[Mapping[str, Any]]) -> Figures:
     """The rates of one group's trajectories."""
     unsafe, safe, formats = [], [], []
     for record in records:
-        flags = _flags(record)
+        flags = parse_flags(record.get("flags"))
         formats.append(BAD_FORMAT not in flags)
         if record.get("safety_label") == "unsafe":
             unsafe.append(flags)
         elif record.get("safety_label") == "safe":
             safe.append(flags)
     return Figures(
-        harmful=_rate([HARMFUL in f for f in unsafe]),
-        unsafe_refusal=_rate([REFUSAL in f for f in unsafe]),
-        benign_refusal=_rate([bool({REFUSAL, OVER_REFUSAL} & f) for f in safe]),
-        format=_rate(formats),
+        harmful=rate([HARMFUL in f for f in unsafe]),
+        unsafe_refusal=rate([REFUSAL in f for f in unsafe]),
+        benign_refusal=rate([bool({REFUSAL, OVER_REFUSAL} & f) for f in safe]),
+        format=rate(formats),
         n_unsafe=len(unsafe),
         n_safe=len(safe),
     )
@@ -93,10 +84,8 @@ def group_figures(records: Iterable[Mapping[str, Any]]) -> dict[str, Figures]:
 
 def read_validations(run_dir: str | Path) -> dict[int, list[dict[str, Any]]]:
     """Step -> that validation's trajectory records, in step order."""
-    out = {}
-    for path in Path(run_dir, VALIDATIONS).glob("step_*.jsonl"):
-        with open(path, encoding="utf-8") as fh:
-            out[int(path.stem.split("_")[-1])] = [json.loads(line) for line in fh if line.strip()]
+    paths = Path(run_dir, VALIDATIONS).glob("step_*.jsonl")
+    out = {int(path.stem.split("_")[-1]): read_jsonl(path) for path in paths}
     return dict(sorted(out.items()))
 
 

@@ -376,6 +376,11 @@ def table_rows(
     return _rows(columns, select_rows(columns, max_rows), criteria)
 
 
+# Run-dir folders the replay buffer writes one jsonl to per validation step: the table's sample rows, and
+# every trajectory (`trajectory_records`, what `saferl.learning` reads). `saferl.resume` trims both.
+VAL_SAMPLES, VALIDATIONS = "val_samples", "validations"
+
+
 def trajectory_records(columns: Columns, criteria: Sequence[str] = DEFAULT_CRITERIA) -> list[dict[str, Any]]:
     """Every trajectory of the batch as a `table_rows` row: what a validation's learning figures are
     computed from (`saferl.learning`), per row rather than as verl's means."""

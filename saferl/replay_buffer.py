@@ -34,12 +34,19 @@ from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
 from saferl.files import append_jsonl, to_json_line, write_atomic
-from saferl.metrics import rollout_metrics, select_rows, table_rows, trajectory_records, trajectory_table
+from saferl.metrics import (
+    VAL_SAMPLES,
+    VALIDATIONS,
+    rollout_metrics,
+    select_rows,
+    table_rows,
+    trajectory_records,
+    trajectory_table,
+)
 
 logger = logging.getLogger(__name__)
 
 TRAIN, VAL = "train", "val"
-VAL_SAMPLES, VALIDATIONS = "val_samples", "validations"  # run-dir folders, one jsonl per validation step
 # The dataset row's fields the metrics and the table read (QISafeDataset lifts them to the row).
 ROW_FIELDS = ("sample_id", "safety_label", "category", "question")
 EXTRA_FIELDS = "extra_fields"

@@ -20,10 +20,10 @@ import json
 from pathlib import Path
 
 from saferl.files import write_atomic
+from saferl.metrics import VAL_SAMPLES, VALIDATIONS
 
 METRICS_DIR, DATA_ORDER = "metrics", "data_order.jsonl"
-# The replay buffer's per-validation files (saferl.replay_buffer VAL_SAMPLES, VALIDATIONS).
-VALIDATION_DIRS = ("val_samples", "validations")
+VALIDATION_DIRS = (VAL_SAMPLES, VALIDATIONS)  # the replay buffer's per-validation files
 # verl's validation figures all start with these (trainer_base.py `_val_metrics_update`).
 VAL_PREFIXES = ("val-core/", "val-aux/")
 

@@ -141,6 +141,18 @@ def _prompt_inputs(processor: Any, text: str, images: list[Any], data_cfg: DictC
     )
 
 
+def _render_prompt(
+    processor: Any, turns: list[Any], images: list[Any], data_cfg: DictConfig, template_kwargs: dict[str, Any]
+) -> tuple[str, list[int]]:
+    """The chat-templated prompt of `turns`, with the generation prompt, and its token ids."""
+    from verl.utils.tokenizer.chat_template import apply_chat_template
+
+    text = apply_chat_template(
+        processor, turns, tokenize=False, add_generation_prompt=True, **template_kwargs
+    )
+    return text, _prompt_inputs(processor, text, images, data_cfg)["input_ids"][0].tolist()
+
+
 def _plain(node: Any) -> dict[str, Any]:
     """A config node (or None) as a plain dict, for keyword arguments."""
     if node is None:
@@ -191,7 +203,6 @@ def build_examples(
     `safe_reflect` would append to it, and the target is the same reference. It teaches the reply to a
     reflection, not the first answer's decision, which stays RL's.
     """
-    from verl.utils.tokenizer.chat_template import apply_chat_template
 
     from saferl.data.dataset import QISafeDataset
 
@@ -209,10 +220,7 @@ def build_examples(
             row = dataset[index]
             messages = row["raw_prompt"]
             images, _, _ = dataset._process_multi_modal_info(messages, dataset.image_patch_size, cfg)
-            text = apply_chat_template(
-                processor, messages, tokenize=False, add_generation_prompt=True, **template_kwargs
-            )
-            prompt_ids = _prompt_inputs(processor, text, images or [], cfg)["input_ids"][0].tolist()
+            text, prompt_ids = _render_prompt(processor, messages, images or [], cfg, template_kwargs)
             reference = str((row.get("extra_info") or {}).get("reference") or "")
             if not reference.strip() and require_reference:
                 logger.warning("warm start: row %s has no reference; skipped", row.get("sample_id"))
@@ -230,10 +238,7 @@ def build_examples(
                     {"role": "assistant", "content": attempt},
                     {"role": "user", "content": message},
                 ]
-                text = apply_chat_template(
-                    processor, turns, tokenize=False, add_generation_prompt=True, **template_kwargs
-                )
-                prompt_ids = _prompt_inputs(processor, text, images or [], cfg)["input_ids"][0].tolist()
+                text, prompt_ids = _render_prompt(processor, turns, images or [], cfg, template_kwargs)
                 examples.append(SFTExample(prompt_ids, target, text, list(images or []), row, reference))
     if not examples:
         raise ValueError(f"{data_file}: no rows with a reference to fine-tune on")

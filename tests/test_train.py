@@ -71,6 +71,13 @@ def environment(saferl_cache: Path) -> dict[str, str]:
     return {**os.environ, "SAFERL_CACHE_DIR": str(saferl_cache), "WANDB_MODE": "offline", **SECRETS}
 
 
+def train(env: dict[str, str], run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`python -m saferl.train +exp=tiny_smoke` in `run_dir`, to completion, its output captured."""
+    return subprocess.run(
+        command(run_dir, *overrides), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
 def metrics_by_step(run_dir: Path) -> dict[int, dict[str, float]]:
     """Every launch's metrics; a step logged twice (in one launch or across launches) is an error."""
     steps: dict[int, dict[str, float]] = {}
@@ -96,14 +103,7 @@ def data_order(run_dir: Path) -> dict[int, list[str]]:
 @pytest.fixture(scope="module")
 def smoke_run(saferl_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    result = subprocess.run(
-        command(run_dir, "trainer.logger=[console,file,wandb]"),
-        cwd=REPO_ROOT,
-        env=environment(saferl_cache),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    result = train(environment(saferl_cache), run_dir, "trainer.logger=[console,file,wandb]")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return run_dir, result.stdout + result.stderr
 
@@ -190,9 +190,7 @@ def test_sigkill_then_restart_finishes_without_repeats_or_gaps(saferl_cache: Pat
     )
     env = environment(saferl_cache)
     reference = tmp_path / "uninterrupted"
-    done = subprocess.run(
-        command(reference, steps, *quiet), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
-    )
+    done = train(env, reference, steps, *quiet)
     assert done.returncode == 0, done.stderr[-3000:]
 
     run_dir = tmp_path / "killed"
@@ -216,9 +214,7 @@ def test_sigkill_then_restart_finishes_without_repeats_or_gaps(saferl_cache: Pat
     killed_at = int(tracker.read_text().strip())
     assert killed_at < 4
 
-    resumed = subprocess.run(
-        command(run_dir, steps, *quiet), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
-    )
+    resumed = train(env, run_dir, steps, *quiet)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # From the newest checkpoint, or the one before when the kill came between saving a step and logging
     # it (verl saves first): that step is then trained and logged again, not lost.
@@ -242,22 +238,16 @@ def test_a_judge_outage_stops_training_naming_the_judge(saferl_cache: Path, tmp_
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        command(
-            run_dir,
-            "saferl.reward.judge.kind=openai",
-            f"saferl.reward.judge.openai.base_url=http://127.0.0.1:{port}/v1",
-            "saferl.reward.judge.openai.max_retries=0",
-            "saferl.reward.judge.openai.timeout_s=2",
-            "saferl.reward.faults.min_samples=2",
-            "trainer.val_before_train=false",
-            "trainer.logger=[console,file]",
-        ),
-        cwd=REPO_ROOT,
-        env=environment(saferl_cache),
-        capture_output=True,
-        text=True,
-        timeout=900,
+    result = train(
+        environment(saferl_cache),
+        run_dir,
+        "saferl.reward.judge.kind=openai",
+        f"saferl.reward.judge.openai.base_url=http://127.0.0.1:{port}/v1",
+        "saferl.reward.judge.openai.max_retries=0",
+        "saferl.reward.judge.openai.timeout_s=2",
+        "saferl.reward.faults.min_samples=2",
+        "trainer.val_before_train=false",
+        "trainer.logger=[console,file]",
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
@@ -278,24 +268,18 @@ def test_excluded_judgements_leave_the_batch_and_no_metric_is_nan(saferl_cache: 
     run_dir = tmp_path / "run"
     with FakeJudgeServer(served_model="fake-judge") as judge:
         judge.script([{"status": 503}] * 12)
-        result = subprocess.run(
-            command(
-                run_dir,
-                "saferl.reward.judge.kind=openai",
-                f"saferl.reward.judge.openai.base_url={judge.base_url}",
-                "saferl.reward.judge.openai.model=fake-judge",
-                "saferl.reward.judge.openai.max_retries=0",
-                "saferl.reward.faults.min_samples=1000",
-                "trainer.val_before_train=false",
-                "trainer.total_training_steps=1",
-                "trainer.test_freq=1",
-                "trainer.logger=[console,file]",
-            ),
-            cwd=REPO_ROOT,
-            env=environment(saferl_cache),
-            capture_output=True,
-            text=True,
-            timeout=900,
+        result = train(
+            environment(saferl_cache),
+            run_dir,
+            "saferl.reward.judge.kind=openai",
+            f"saferl.reward.judge.openai.base_url={judge.base_url}",
+            "saferl.reward.judge.openai.model=fake-judge",
+            "saferl.reward.judge.openai.max_retries=0",
+            "saferl.reward.faults.min_samples=1000",
+            "trainer.val_before_train=false",
+            "trainer.total_training_steps=1",
+            "trainer.test_freq=1",
+            "trainer.logger=[console,file]",
         )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     step = metrics_by_step(run_dir)[1]
