@@ -18,9 +18,12 @@ Why the pieces look the way they do:
 * Sampling is done by our own logits processor with one `torch.Generator` per row, because `generate`
   samples with the global RNG. That makes a seeded request reproducible whatever it is batched with, so
   seeded requests need no batch of their own.
-* `log_probs` come from the RAW logits (`output_logits=True`), before repetition penalty, temperature
-  or top-p/top-k: that is what the trainer's teacher-forced forward pass recomputes, so rollout and
-  training log probs agree (tests check this to 1e-4).
+* `log_probs` come from the logits (`output_logits=True`) divided by the sampling temperature, before
+  repetition penalty and top-p/top-k: that is what the trainer's teacher-forced forward pass recomputes
+  (verl's FSDP engine scales its logits by `rollout.temperature`, `workers/engine/fsdp/transformer_impl.py`
+  `_scale_logits_by_temperature`), so rollout and training log probs agree at any temperature (tests check
+  this to 1e-4 at 1.0 and 0.7). vLLM's `processed_logprobs`, verl's default, also renormalise after top-k/p;
+  with top-k/p off, as in every shipped experiment, the two agree. Greedy requests report the raw logits'.
 """
 
 from __future__ import annotations
@@ -444,7 +447,7 @@ class HFGenerationServer:
                 output_logits=True,
             )
         new_tokens = out.sequences[:, prompt_len:].cpu()
-        log_probs = _token_log_probs(out.logits, new_tokens)
+        log_probs = _token_log_probs(out.logits, new_tokens, 1.0 if key.greedy else key.temperature)
         results = [
             self._to_output(
                 new_tokens[i], log_probs[i], eos_ids, stop_tracker.stopped_at[i] if stop_tracker else None
@@ -545,15 +548,22 @@ class HFGenerationServer:
         self._stats.generate_s += seconds
 
 
-def _token_log_probs(step_logits: Sequence[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-    """log_softmax of the raw logits at each generated token: (batch, new_tokens) float32.
+def _token_log_probs(
+    step_logits: Sequence[torch.Tensor], tokens: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """log_softmax of logits / temperature at each generated token: (batch, new_tokens) float32.
+
+    The temperature is the request's (1.0 for greedy): the distribution the token was drawn from, before
+    top-k/p, which is also what verl's trainer recomputes. Raw logits at any other temperature would make
+    every importance weight of the rollout correction off by the temperature's distortion.
 
     Step by step: stacking the steps first would copy the whole (batch, steps, vocab) block twice more,
     which for 32 answers of 1024 tokens is most of a server's peak memory."""
     out = torch.empty(tokens.shape, dtype=torch.float32)
     for t, step in enumerate(step_logits):
         chosen = tokens[:, t : t + 1].to(step.device)
-        out[:, t] = step.float().log_softmax(dim=-1).gather(-1, chosen).squeeze(-1).cpu()
+        scaled = step.float() if temperature == 1.0 else step.float() / temperature
+        out[:, t] = scaled.log_softmax(dim=-1).gather(-1, chosen).squeeze(-1).cpu()
     return out
 
 

@@ -70,7 +70,7 @@ def one(mgr: HFServerManager, request_id: str, ids: list[int], params: dict) -> 
 
 
 def teacher_forced_log_probs(
-    local: Any, prompt_ids: list[int], image: Any, response: list[int]
+    local: Any, prompt_ids: list[int], image: Any, response: list[int], temperature: float = 1.0
 ) -> torch.Tensor:
     """The log probs of `response` under a plain forward pass with what the processor gives the model:
     `mm_token_type_ids` included, from which Qwen2-VL models compute their M-RoPE positions (as verl's
@@ -87,7 +87,8 @@ def teacher_forced_log_probs(
             image_grid_thw=feats["image_grid_thw"],
         ).logits
     n = len(prompt_ids)
-    return logits[0, n - 1 : -1].float().log_softmax(-1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+    scaled = logits[0, n - 1 : -1].float() / temperature  # as verl's FSDP engine scales them
+    return scaled.log_softmax(-1).gather(-1, torch.tensor(response)[:, None])[:, 0]
 
 
 def total(stats: list[dict], key: str) -> float:
@@ -107,7 +108,10 @@ def test_image_prompt_returns_tokens_and_log_probs(manager: HFServerManager, loc
     assert out.stop_reason in ("completed", "length")
 
 
-def test_log_probs_match_teacher_forcing_in_a_padded_batch(manager: HFServerManager, local: Any) -> None:
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_log_probs_match_teacher_forcing_in_a_padded_batch(
+    manager: HFServerManager, local: Any, temperature: float
+) -> None:
     # Different prompt lengths and images in one batch: left padding and concatenated image features.
     cases = [
         (image_prompt(local[0], "hi", demo_image()), demo_image()),
@@ -130,10 +134,16 @@ def test_log_probs_match_teacher_forcing_in_a_padded_batch(manager: HFServerMana
     marked = (processed["input_ids"] == local[1].config.image_token_id).long()
     assert torch.equal(processed["mm_token_type_ids"].long(), marked)
     outs = run(
-        gather_generate(manager, [(f"tf-{i}", ids, SAMPLE, [img]) for i, (ids, img) in enumerate(cases)])
+        gather_generate(
+            manager,
+            [
+                (f"tf-{temperature}-{i}", ids, {**SAMPLE, "temperature": temperature}, [img])
+                for i, (ids, img) in enumerate(cases)
+            ],
+        )
     )
     for (ids, img), out in zip(cases, outs, strict=True):
-        expected = teacher_forced_log_probs(local, ids, img, out.token_ids)
+        expected = teacher_forced_log_probs(local, ids, img, out.token_ids, temperature)
         assert torch.allclose(torch.tensor(out.log_probs), expected, atol=1e-4), (out.log_probs, expected)
 
 
