@@ -245,6 +245,20 @@ def build_examples(
     return examples
 
 
+def stage_examples(
+    data_file: TrainFiles, processor: Any, cfg: DictConfig, data_config: DictConfig | dict | None = None
+) -> list[SFTExample]:
+    """What the stage imitates under its config `cfg` (`saferl.warm_start`): `build_examples`, with the
+    reflection examples when `cfg.reflection` is set. The stage and `--measure` both build them here."""
+    return build_examples(
+        data_file,
+        processor,
+        data_config,
+        reflection=cfg.get("reflection"),
+        attempt=cfg.get("reflection_attempt", ""),
+    )
+
+
 # ---------------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------------
@@ -532,13 +546,7 @@ def warm_start(
 
     start = time.perf_counter()
     processor, model = load_vlm(model_path)
-    examples = build_examples(
-        train_file,
-        processor,
-        data_config,
-        reflection=cfg.get("reflection"),
-        attempt=cfg.get("reflection_attempt", ""),
-    )
+    examples = stage_examples(train_file, processor, cfg, data_config)
     losses = train_sft(model, processor, examples, cfg, progress=progress, data_config=data_config)
     if losses:
         tail = losses[-10:]
@@ -704,12 +712,7 @@ def measure(
     run_cfg = OmegaConf.merge(cfg, {"steps": max(counts)})
     rows: list[dict[str, Any]] = []
     processor, model = load_vlm(ensure_tiny_model(cache_dir=cache_dir))
-    train = build_examples(  # what the stage imitates
-        SAMPLE_DIR / f"{cfg.split}.parquet",
-        processor,
-        reflection=cfg.get("reflection"),
-        attempt=cfg.get("reflection_attempt", ""),
-    )
+    train = stage_examples(SAMPLE_DIR / f"{cfg.split}.parquet", processor, cfg)
     val = build_examples(SAMPLE_DIR / "val.parquet", processor)
 
     def evaluate(step: int, model: Any) -> None:

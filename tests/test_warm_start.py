@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from saferl.warm_start import (
     is_done,
     load_warm_start_config,
     read_marker,
+    stage_examples,
     warm_start,
 )
 
@@ -103,6 +105,26 @@ def test_prompt_is_token_identical_to_the_rl_prompt(qi_val_dataset, processor, t
         rl_prompt = builder.build_initial_tokens(messages, images=images)
         assert examples[index].prompt_ids == rl_prompt
         assert rl_prompt.count(processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")) > 0
+
+
+def test_reflection_examples_follow_each_unsafe_row_with_its_reflection(verl_data: Path, processor) -> None:
+    """With `reflection` set, every unsafe row gives a second example: its prompt, the complying attempt and
+    the reflection the rollout would append, imitating the same reference; safe rows give one."""
+    from rollout.reflect_loop import load_rollout_config
+
+    cfg = load_warm_start_config()
+    plain = stage_examples(verl_data / "train_small.parquet", processor, cfg)
+    cfg.reflection = load_rollout_config().reflection
+    both = stage_examples(verl_data / "train_small.parquet", processor, cfg)
+    unsafe = [ex for ex in plain if ex.row["safety_label"] == "unsafe"]
+    assert unsafe and len(both) == len(plain) + len(unsafe)
+    second = [b for a, b in itertools.pairwise(both) if a.row is b.row]  # a row's second example
+    assert len(second) == len(unsafe)
+    for ex in second:
+        assert ex.row["safety_label"] == "unsafe"
+        assert cfg.reflection_attempt in ex.prompt_text
+        assert "Your previous answer may be unsafe" in ex.prompt_text
+        assert ex.target_ids == next(p.target_ids for p in plain if p.row["sample_id"] == ex.row["sample_id"])
 
 
 def test_loss_mask_covers_exactly_the_assistant_tokens(verl_data: Path, processor) -> None:
