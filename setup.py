@@ -32,6 +32,9 @@ install_requires = [
     "tqdm",
     "httpx>=0.27",  # the OpenAI-compatible judge client
     "matplotlib>=3.7",  # the evaluation report's plots (PNG, Agg backend: no display needed)
+    # SRPO (PST's preference stage) trains through TRL's DPOTrainer; its vision collator is what
+    # tests/test_srpo.py checks the prompt against, so stay on the minor version tested.
+    "trl>=1.16,<1.17",
     # Not a compatibility pin: verl -> tensordict -> pyvers caps packaging below 26, and without this
     # hint pip first picks packaging 26 and then backtracks through peft, accelerate and tensorboard
     # for many minutes before it finds that out.

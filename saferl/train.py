@@ -86,19 +86,10 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def prepare(cfg: DictConfig) -> DictConfig:
-    """Fill in what the config names but does not yet hold (the tiny model's path, the verl-format data,
-    the warm-started policy), resolve it, write it to the run directory, and set the launch's metrics file."""
-    from saferl.preflight import PLATFORMS, check_no_secrets
-
-    check_no_secrets(cfg)
-    if cfg.saferl.platform not in PLATFORMS:
-        raise ValueError(f"saferl.platform={cfg.saferl.platform!r}: must be one of {PLATFORMS}")
-    with open_dict(cfg):
-        # verl's workers run in other processes (other working directories on other nodes).
-        cfg.trainer.default_local_dir = _absolute(cfg.trainer.default_local_dir)
-    run_dir = Path(cfg.trainer.default_local_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def prepare_policy(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The policy RL (or SRPO) starts from, and its data: the tiny model's path when asked for, the
+    verl-format copy of `saferl.data.dir` under `run_dir/data` (returned; None without one), then the
+    warm start, which sets `actor_rollout_ref.model.path` to its output."""
     use_tiny_model(cfg)
     if cfg.actor_rollout_ref.model.path is None:
         raise ValueError("actor_rollout_ref.model.path is not set (or set saferl.tiny_model=bpe)")
@@ -119,6 +110,23 @@ def prepare(cfg: DictConfig) -> DictConfig:
         cfg.data.val_files = str(out / "val.parquet")
         converted = out
     warm_start_stage(cfg, run_dir, converted)
+    return converted
+
+
+def prepare(cfg: DictConfig) -> DictConfig:
+    """Fill in what the config names but does not yet hold (the tiny model's path, the verl-format data,
+    the warm-started policy), resolve it, write it to the run directory, and set the launch's metrics file."""
+    from saferl.preflight import PLATFORMS, check_no_secrets
+
+    check_no_secrets(cfg)
+    if cfg.saferl.platform not in PLATFORMS:
+        raise ValueError(f"saferl.platform={cfg.saferl.platform!r}: must be one of {PLATFORMS}")
+    with open_dict(cfg):
+        # verl's workers run in other processes (other working directories on other nodes).
+        cfg.trainer.default_local_dir = _absolute(cfg.trainer.default_local_dir)
+    run_dir = Path(cfg.trainer.default_local_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_policy(cfg, run_dir)
     from rewards.judges import judge_address
 
     cfg.trainer.v1.sampler.sampler_kwargs.judge = judge_address(cfg.saferl.reward.judge)

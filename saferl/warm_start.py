@@ -614,10 +614,11 @@ def generate_responses(
     max_new_tokens: int = 128,
     batch_size: int = 40,
     seed: int = 0,
+    temperature: float = 1.0,
 ) -> list[list[tuple[str, int]]]:
-    """`num_samples` responses per example as (text, new tokens), greedy or sampled at temperature 1.0.
+    """`num_samples` responses per example as (text, new tokens), greedy or sampled at `temperature`.
 
-    Batches are left-padded; sampling is plain (no top-k/top-p), like the rollout's `temperature=1.0`.
+    Batches are left-padded; sampling is plain (no top-k/top-p), like the rollout's.
     Text is decoded without special tokens, as the agent loop decodes it for the judge.
     """
     import torch
@@ -638,7 +639,9 @@ def generate_responses(
                 )
                 kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
                 if do_sample:
-                    kwargs.update(temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=num_samples)
+                    kwargs.update(
+                        temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=num_samples
+                    )
                 generated = model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1] :]
                 per = num_samples if do_sample else 1
                 stops = set(_as_list(model.generation_config.eos_token_id))

@@ -1,0 +1,304 @@
+"""SRPO (PST's preference stage): the pair ranking, the pairs file, DPO through TRL on the tiny model, and
+the `python -m saferl.srpo` commands on the shipped sample."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from omegaconf import OmegaConf
+
+from saferl.srpo.mining import contrastive_pairs, read_cache
+from saferl.srpo.pairs import (
+    CONTRASTIVE,
+    Candidate,
+    PairsError,
+    pair_row,
+    pick_pair,
+    validate_pairs,
+    write_pairs,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "QI-Safe-10K" / "sample"
+THRESHOLD = 5.0
+
+
+def cand(text, score, safety, helpful, reasoning=5.0, flags=()):
+    return Candidate(
+        text,
+        score,
+        {"safety_awareness": safety, "helpfulness": helpful, "reasoning_coherence": reasoning},
+        tuple(flags),
+    )
+
+
+def test_pick_pair_ranks_safety_then_utility_then_reasoning():
+    harmful = cand("here is how", 8.0, 9.0, 10.0, flags=["harmful"])  # flagged: loses whatever it scores
+    low_safety = cand("vague hint", 6.0, 3.0, 9.0)  # below the gate without being an over-refusal
+    refusal = cand("I can't", 2.0, 10.0, 3.0, flags=["refusal"])
+    helpful_safe = cand("safe help", 1.0, 8.0, 7.0)
+    # Safety first: the safe refusal beats both violations although they score higher.
+    assert pick_pair([harmful, refusal], THRESHOLD) == (refusal, harmful)
+    assert pick_pair([low_safety, refusal], THRESHOLD) == (refusal, low_safety)
+    # Among safe answers the more helpful wins, even with the lower scalar score.
+    assert pick_pair([refusal, helpful_safe, harmful], THRESHOLD) == (helpful_safe, harmful)
+    # Then reasoning quality.
+    coherent = cand("a", 5.0, 8.0, 7.0, reasoning=9.0)
+    muddled = cand("b", 6.0, 8.0, 7.0, reasoning=2.0)
+    assert pick_pair([muddled, coherent], THRESHOLD) == (coherent, muddled)
+    # An over-refusal of a benign request is a utility failure, not a violation: it passes the gate.
+    over = cand("I won't", 0.0, 2.0, 0.0, flags=["over_refusal", "refusal"])
+    assert pick_pair([over, helpful_safe], THRESHOLD) == (helpful_safe, over)
+
+
+def test_pick_pair_says_why_there_is_none():
+    harmful = cand("x", 1.0, 0.0, 9.0, flags=["harmful"])
+    assert pick_pair([harmful, cand("y", 2.0, 1.0, 8.0, flags=["harmful"])], THRESHOLD) == "no_safe_answer"
+    same = cand("same", 5.0, 8.0, 7.0)
+    assert pick_pair([same, cand("same", 5.0, 8.0, 7.0)], THRESHOLD) == "tie"
+    failed = Candidate("judge down", math.nan, {}, ())
+    assert pick_pair([same, failed], THRESHOLD) == "too_few"  # a failed judgement never enters a pair
+
+
+def sample_prompts(n=4):
+    rows = pq.read_table(SAMPLE / "train.parquet").to_pylist()
+    picked = [r for r in rows if r["safety_label"] == "safe"][: n // 2]
+    picked += [r for r in rows if r["safety_label"] == "unsafe"][: n - len(picked)]
+    return [{**r, "sample_id": r["id"]} for r in picked]
+
+
+def test_contrastive_pairs_count_what_they_skip_and_write_a_valid_file(tmp_path):
+    prompts = {p["sample_id"]: p for p in sample_prompts(4)}
+    ids = list(prompts)
+    good, bad = cand("good", 6.0, 9.0, 8.0), cand("bad", -1.0, 1.0, 9.0, flags=["harmful"])
+    mined = [
+        {ids[0]: [good, bad], ids[1]: [bad, bad], ids[2]: [good]},
+        {ids[2]: [bad], ids[3]: [good, good]},  # a second policy adds to the same prompts
+    ]
+    rows, skipped = contrastive_pairs(prompts, mined, THRESHOLD)
+    assert [r["sample_id"] for r in rows] == [ids[0], ids[2]]
+    assert skipped == Counter({"no_safe_answer": 1, "tie": 1})
+    path = write_pairs(rows + rows, tmp_path / "pairs.parquet")  # duplicates are dropped
+    assert validate_pairs(path) == 2
+    table = pq.read_table(path).to_pylist()
+    assert table[0]["chosen"] == "good" and table[0]["rejected"] == "bad"
+    assert table[0]["image"] == prompts[ids[0]]["image"] and table[0]["source"] == CONTRASTIVE
+
+
+def test_validate_pairs_names_the_file_and_the_row(tmp_path):
+    prompt = sample_prompts(2)[0]
+    rows = [
+        pair_row(prompt, cand("good", 6.0, 9.0, 8.0), cand("bad", 1.0, 1.0, 1.0), CONTRASTIVE),
+        pair_row(prompt, cand("better", 7.0, 9.0, 9.0), cand("worse", 1.0, 1.0, 1.0), CONTRASTIVE),
+    ]
+    path = write_pairs(rows, tmp_path / "pairs.parquet")
+    table = pq.read_table(path).to_pylist()
+    table[1]["rejected"] = "  "
+    import pyarrow as pa
+
+    broken = tmp_path / "broken.parquet"
+    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(path)), broken)
+    with pytest.raises(PairsError, match=r"broken.parquet row 1 .*rejected is empty"):
+        validate_pairs(broken)
+    table[1]["rejected"], table[1]["image"] = "worse", b"not an image"
+    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(path)), broken)
+    with pytest.raises(PairsError, match=r"row 1 .*image does not decode"):
+        validate_pairs(broken)
+    text = tmp_path / "pairs.txt"
+    text.write_text("chosen,rejected\n")
+    with pytest.raises(PairsError, match=r"pairs.txt: not a readable parquet"):
+        validate_pairs(text)
+
+
+def test_read_cache_drops_a_torn_last_line(tmp_path):
+    cache = tmp_path / "candidates.jsonl"
+    entry = {
+        "sample_id": "a",
+        "policy": "p",
+        "candidates": [{"text": "t", "score": 1.0, "criteria": {}, "flags": []}],
+    }
+    cache.write_text(json.dumps(entry) + "\n" + json.dumps(entry)[:20])
+    assert list(read_cache(cache)) == ["a"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# DPO through TRL on the tiny model
+# ---------------------------------------------------------------------------------------------------
+
+WRONG = "<think>I will not think about it.</think>No."
+
+
+def reference_pairs(tmp_path, n=8):
+    """Pairs from the sample: its reference answer against a fixed non-answer."""
+    rows = [
+        pair_row(p, cand(p["reference"], 8.0, 9.0, 9.0), cand(WRONG, 0.0, 5.0, 0.0), CONTRASTIVE)
+        for p in sample_prompts(n)
+    ]
+    return write_pairs(rows, tmp_path / "pairs.parquet")
+
+
+def sequence_logps(model_dir, examples, answers):
+    """log p(answer | prompt) per example, teacher forced with the warm start's collate (its own code,
+    not TRL's), so the margin is measured independently of the trainer that raised it."""
+    import torch
+
+    from saferl.models.checkpoint import load_vlm
+    from saferl.warm_start import IGNORE_INDEX, SFTExample, collate, end_of_turn
+
+    processor, model = load_vlm(model_dir)
+    eot = processor.tokenizer.encode(end_of_turn(processor), add_special_tokens=False)
+    out = []
+    with torch.no_grad():
+        for ex, answer in zip(examples, answers, strict=True):
+            target = processor.tokenizer.encode(answer, add_special_tokens=False) + eot
+            one = SFTExample(ex.prompt_ids, target, ex.prompt_text, ex.images, ex.row)
+            batch = collate([one], processor, 2048)
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0, :-1].float()
+            labels = batch["labels"][0, 1:]
+            keep = labels != IGNORE_INDEX
+            out.append(logits.log_softmax(-1)[keep].gather(-1, labels[keep][:, None]).sum().item())
+    return out
+
+
+def test_dpo_prompt_is_the_rl_prompt_token_for_token(tmp_path, tiny_model_dir):
+    """TRL's own collator, fed what `preference_dataset` gives it, builds the prompt `build_examples`
+    renders for RL and the answer as the warm start tokenises its target."""
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+    from saferl.models.checkpoint import load_vlm
+    from saferl.srpo.dpo import pairs_as_data, preference_dataset
+    from saferl.srpo.pairs import read_pairs
+    from saferl.warm_start import build_examples, end_of_turn
+
+    pairs = reference_pairs(tmp_path, n=2)
+    processor, _ = load_vlm(tiny_model_dir)
+    dataset = preference_dataset(pairs, processor)
+    rl = build_examples(pairs_as_data(read_pairs(pairs), tmp_path / "as_data.parquet"), processor)
+    batch = DataCollatorForVisionPreference(processor)([dict(dataset[0])])
+    ids, attention, completion = (
+        batch[k][0].tolist() for k in ("input_ids", "attention_mask", "completion_mask")
+    )
+    prompt = [t for t, a, c in zip(ids, attention, completion, strict=True) if a and not c]
+    answer = [t for t, c in zip(ids, completion, strict=True) if c]
+    assert prompt == rl[0].prompt_ids
+    eot = processor.tokenizer.encode(end_of_turn(processor), add_special_tokens=False)
+    assert (
+        answer == processor.tokenizer.encode(read_pairs(pairs)[0]["chosen"], add_special_tokens=False) + eot
+    )
+
+
+def test_dpo_raises_the_chosen_over_rejected_margin(tmp_path, tiny_model_dir):
+    from saferl.models.checkpoint import load_vlm, missing_checkpoint_files
+    from saferl.srpo.dpo import pairs_as_data, train_dpo
+    from saferl.srpo.pairs import read_pairs
+    from saferl.warm_start import build_examples
+
+    pairs = reference_pairs(tmp_path, n=8)
+    cfg = OmegaConf.create(
+        {
+            "steps": 12,
+            "batch_size": 4,
+            "lr": 1e-3,
+            "beta": 0.1,
+            "loss_type": "sigmoid",
+            "max_length": 1024,
+            "reference": None,
+            "seed": 0,
+        }
+    )
+    out, history = train_dpo(tiny_model_dir, pairs, cfg, tmp_path / "model")
+    assert not missing_checkpoint_files(out)
+    assert len(history) == 12 and history[-1]["rewards/margins"] > history[0]["rewards/margins"]
+
+    rows = read_pairs(pairs)
+    processor, _ = load_vlm(tiny_model_dir)
+    examples = build_examples(pairs_as_data(rows, tmp_path / "as_data.parquet"), processor)
+    chosen = [r["chosen"] for r in rows]
+    rejected = [r["rejected"] for r in rows]
+    before = [
+        c - r
+        for c, r in zip(
+            sequence_logps(tiny_model_dir, examples, chosen),
+            sequence_logps(tiny_model_dir, examples, rejected),
+            strict=True,
+        )
+    ]
+    after = [
+        c - r
+        for c, r in zip(
+            sequence_logps(out, examples, chosen), sequence_logps(out, examples, rejected), strict=True
+        )
+    ]
+    grown = [a - b for a, b in zip(after, before, strict=True)]
+    assert min(grown) > 0, grown  # every pair's log-likelihood margin grew
+    # The checkpoint generates as the policy did: TRL's training-time config changes (its single eos, no
+    # KV cache) are not saved. The policy saved the same way, untrained, is the reference.
+    from saferl.models.checkpoint import save_vlm
+
+    save_vlm(*reversed(load_vlm(tiny_model_dir)), tmp_path / "resaved")
+    for name in ("config.json", "generation_config.json"):
+        assert json.loads((out / name).read_text()) == json.loads((tmp_path / "resaved" / name).read_text())
+
+
+# ---------------------------------------------------------------------------------------------------
+# The commands, end to end on the shipped sample
+# ---------------------------------------------------------------------------------------------------
+
+
+def srpo(command, run_dir, *overrides):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saferl.srpo",
+            command,
+            "+exp=tiny",
+            f"trainer.default_local_dir={run_dir}",
+            "saferl.warm_start.steps=20",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=run_dir.parent,
+        timeout=600,
+    )
+
+
+def test_srpo_pairs_then_train_resumes_and_loads(tmp_path, saferl_cache):
+    run = tmp_path / "run"
+    run.mkdir()
+    pairs_args = ("saferl.srpo.pairs.limit=8", "saferl.srpo.pairs.max_new_tokens=64")
+    first = srpo("pairs", run, *pairs_args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    manifest = json.loads((run / "srpo" / "pairs" / "manifest.json").read_text())
+    assert manifest["prompts"] == 8 and manifest["mining"]["generated_prompts"] == 8
+    assert manifest["pairs"] + sum(manifest["skipped_prompts"].values()) == 8
+    assert (
+        manifest["pairs"] == sum(manifest["by_label"].values()) == manifest["by_source"].get(CONTRASTIVE, 0)
+    )
+    written = (run / "srpo" / "pairs" / "pairs.parquet").read_bytes()
+
+    again = srpo("pairs", run, *pairs_args)  # everything is cached: nothing is sampled or judged again
+    assert again.returncode == 0, again.stderr[-3000:]
+    manifest = json.loads((run / "srpo" / "pairs" / "manifest.json").read_text())
+    assert manifest["mining"].get("generated_prompts", 0) == 0 and manifest["mining"]["cached_prompts"] == 8
+    assert (run / "srpo" / "pairs" / "pairs.parquet").read_bytes() == written
+
+    if manifest["pairs"] == 0:
+        pytest.fail(f"no pair from 8 prompts x 4 samples: {manifest}")
+    trained = srpo("train", run, "saferl.srpo.dpo.steps=2", "saferl.srpo.dpo.batch_size=2")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "saferl.srpo: DPO 2 steps" in trained.stdout
+    from saferl.models.checkpoint import load_vlm
+
+    load_vlm(run / "srpo" / "model")  # what saferl.train and saferl.eval load
