@@ -34,6 +34,8 @@ from rewards.rubric import POINTS, SAFETY, load_reward_config
 from rewards.scorer import RewardScorer, ScoredSample, extra_info
 from saferl.policies import PolicyCategory, load_policies
 
+from . import reflection_log
+
 NAME = "safe_reflect"
 DEFAULT_ROLLOUT_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "rollout" / "default.yaml"
 MODES = ("replace",)
@@ -84,6 +86,16 @@ def safety_of(
         safety is not None and safety < threshold and OVER_REFUSAL not in sample.flags
     )
     return SafetyCheck("unsafe" if unsafe else "safe", safety)
+
+
+def _judgement(sample: ScoredSample) -> dict[str, Any]:
+    """What the reflection log keeps of a verdict: the scalar, the criteria and the flags."""
+    return {
+        "score": float(sample.score),
+        "criteria": dict(sample.criteria),
+        "flags": list(sample.flags),
+        "judge_error": sample.judge_error,
+    }
 
 
 def check_rollout_mode(cfg: Any) -> None:
@@ -177,6 +189,11 @@ class SafeReflectAgentLoop(AgentLoopBase):
             checker = RewardScorer.from_config(reward_cfg)
             self._checkers[key] = (checker, deque(maxlen=checker.faults.window))
         self.checker, self.recent_failures = self._checkers[key]
+        # saferl.train makes the run directory absolute before verl starts; a relative one (a config not
+        # prepared by it) would resolve against each Ray worker's own working directory: not recorded.
+        run_dir = OmegaConf.select(self.config, "trainer.default_local_dir")
+        record = self.cfg.get("record_reflections") and run_dir and Path(run_dir).is_absolute()
+        self.reflection_log = reflection_log.log_path(run_dir) if record else None
 
     async def _check(
         self, kwargs: dict[str, Any], question: str, response: str, image: bytes | None
@@ -246,7 +263,7 @@ class SafeReflectAgentLoop(AgentLoopBase):
         server_fields = dict(output.extra_fields)
         response = first_response = self._decode(output.token_ids)
         before, judged, judged_item = await self._check(kwargs, question, response, image)
-        after = before
+        first_judged, after = judged, before
         reflection_text = None
         clause_id, rounds = None, 0
         turns = 2
@@ -273,6 +290,22 @@ class SafeReflectAgentLoop(AgentLoopBase):
             turns += 2
 
         reflected = rounds > 0
+        if reflected and self.reflection_log is not None:
+            reflection_log.append(
+                self.reflection_log,
+                {
+                    "sample_id": kwargs.get("sample_id"),
+                    "safety_label": kwargs.get("safety_label"),
+                    "category": kwargs.get("category"),
+                    "attempt": first_response,
+                    "correction": response,
+                    "verdict_before": before.verdict,
+                    "verdict_after": after.verdict,
+                    "attempt_judgement": _judgement(first_judged),
+                    "correction_judgement": _judgement(judged),
+                    "global_step": server_fields.get("max_global_steps"),
+                },
+            )
         corrected_mask = list(mask)
         if reflected and self.cfg.reinforce == "correction_only":
             corrected_mask[:first_end] = [0] * first_end

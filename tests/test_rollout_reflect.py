@@ -294,3 +294,37 @@ def test_a_response_with_no_answer_is_not_reflected_on() -> None:
     assert safety_of(cut_off, 5.0, answered=True).verdict == "unsafe"
     harmful = ScoredSample("y", 0.0, criteria={"safety_awareness": 0.0}, flags=["harmful"])
     assert safety_of(harmful, 5.0, answered=False).verdict == "unsafe"  # harm in the reasoning still counts
+
+
+def test_reflected_trajectories_go_to_the_run_reflection_log(servers, rows, tiny_model_dir, tmp_path) -> None:
+    """Each reflected trajectory, and only those, is one line of the run's reflection log, with the same
+    attempt, correction and verdicts the trajectory carries to verl (SRPO's reflection pairs read it)."""
+    from rollout import reflection_log
+
+    cfg = trainer_config(tiny_model_dir)
+    cfg.trainer.default_local_dir = str(tmp_path)
+    out = run_rollout(cfg, servers, rows)
+    nt = out.non_tensor_batch
+    reflected = [i for i in range(len(out)) if nt["reflected"][i]]
+    assert reflected, "no unsafe attempt in the batch: the test needs one"
+    records = list(reflection_log.read(tmp_path / reflection_log.LOG_DIR))
+    assert sorted((r["attempt"], r["correction"]) for r in records) == sorted(
+        (nt["first_response"][i], nt["final_response"][i]) for i in reflected
+    )
+    by_attempt = {r["attempt"]: r for r in records}
+    for i in reflected:
+        record = by_attempt[nt["first_response"][i]]
+        assert record["verdict_before"] == nt["verdict_before"][i] == "unsafe"
+        assert record["verdict_after"] == nt["verdict_after"][i]
+        assert record["safety_label"] == nt["safety_label"][i] and record["category"] == nt["category"][i]
+        assert record["correction_judgement"]["score"] == pytest.approx(float(nt["score"][i]))
+
+
+def test_a_relative_run_directory_records_no_reflection_log(
+    servers, rows, tiny_model_dir, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    cfg = trainer_config(tiny_model_dir)
+    cfg.trainer.default_local_dir = "relative/run"
+    run_rollout(cfg, servers, rows[:1])
+    assert not (tmp_path / "relative").exists()

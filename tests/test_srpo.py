@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from saferl.srpo.mining import contrastive_pairs, read_cache
 from saferl.srpo.pairs import (
     CONTRASTIVE,
+    REFLECTION,
     Candidate,
     PairsError,
     pair_row,
@@ -25,6 +26,7 @@ from saferl.srpo.pairs import (
     validate_pairs,
     write_pairs,
 )
+from saferl.srpo.reflections import reflection_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "QI-Safe-10K" / "sample"
@@ -116,6 +118,42 @@ def test_validate_pairs_names_the_file_and_the_row(tmp_path):
     text.write_text("chosen,rejected\n")
     with pytest.raises(PairsError, match=r"pairs.txt: not a readable parquet"):
         validate_pairs(text)
+
+
+def judgement(score, safety, helpful, flags=(), error=None):
+    criteria = {"safety_awareness": safety, "helpfulness": helpful, "reasoning_coherence": 5.0}
+    return {"score": score, "criteria": criteria, "flags": list(flags), "judge_error": error}
+
+
+def reflection_record(sample_id, before="unsafe", after="safe", correction_safety=9.0, error=None):
+    return {
+        "sample_id": sample_id,
+        "attempt": "Sure, here is how.",
+        "correction": "I can't help with that.",
+        "verdict_before": before,
+        "verdict_after": after,
+        "attempt_judgement": judgement(-3.0, 0.0, 8.0, flags=["harmful"]),
+        "correction_judgement": judgement(4.7, correction_safety, 6.0, flags=["refusal"], error=error),
+        "global_step": 3,
+    }
+
+
+def test_reflection_pairs_keep_judged_safe_corrections_only():
+    prompts = {p["sample_id"]: p for p in sample_prompts(4)}
+    ids = list(prompts)
+    records = [
+        reflection_record(ids[0]),
+        reflection_record(ids[1], after="unsafe"),  # the correction was unsafe too
+        reflection_record(ids[2], error="judge down"),  # never silently kept
+        reflection_record("not-in-the-data"),
+        reflection_record(ids[3], correction_safety=2.0),  # the gate, checked again at the pairs' threshold
+    ]
+    rows, skipped = reflection_pairs(prompts, records, THRESHOLD, policy="run")
+    assert [(r["sample_id"], r["chosen"], r["rejected"], r["source"]) for r in rows] == [
+        (ids[0], "I can't help with that.", "Sure, here is how.", REFLECTION)
+    ]
+    assert rows[0]["policy"] == "run@step3"
+    assert skipped == Counter({"not_corrected": 2, "judge_failed": 1, "unknown_prompt": 1})
 
 
 def test_read_cache_drops_a_torn_last_line(tmp_path):
@@ -281,17 +319,19 @@ def test_srpo_pairs_then_train_resumes_and_loads(tmp_path, saferl_cache):
     first = srpo("pairs", run, *pairs_args)
     assert first.returncode == 0, first.stderr[-3000:]
     manifest = json.loads((run / "srpo" / "pairs" / "manifest.json").read_text())
-    assert manifest["prompts"] == 8 and manifest["mining"]["generated_prompts"] == 8
-    assert manifest["pairs"] + sum(manifest["skipped_prompts"].values()) == 8
+    counts = manifest["counts"]
+    assert counts["contrastive_prompts"] == 8 and counts["generated_prompts"] == 8
+    assert manifest["by_source"].get(CONTRASTIVE, 0) + sum(manifest["skipped"][CONTRASTIVE].values()) == 8
+    assert manifest["pairs"] == sum(manifest["by_label"].values())
     assert (
-        manifest["pairs"] == sum(manifest["by_label"].values()) == manifest["by_source"].get(CONTRASTIVE, 0)
-    )
+        counts["reflection_records"] == 0 and "no reflection log" in first.stdout + first.stderr
+    )  # no GRPO run here: said
     written = (run / "srpo" / "pairs" / "pairs.parquet").read_bytes()
 
     again = srpo("pairs", run, *pairs_args)  # everything is cached: nothing is sampled or judged again
     assert again.returncode == 0, again.stderr[-3000:]
     manifest = json.loads((run / "srpo" / "pairs" / "manifest.json").read_text())
-    assert manifest["mining"].get("generated_prompts", 0) == 0 and manifest["mining"]["cached_prompts"] == 8
+    assert manifest["counts"].get("generated_prompts", 0) == 0 and manifest["counts"]["cached_prompts"] == 8
     assert (run / "srpo" / "pairs" / "pairs.parquet").read_bytes() == written
 
     if manifest["pairs"] == 0:
@@ -302,3 +342,21 @@ def test_srpo_pairs_then_train_resumes_and_loads(tmp_path, saferl_cache):
     from saferl.models.checkpoint import load_vlm
 
     load_vlm(run / "srpo" / "model")  # what saferl.train and saferl.eval load
+
+
+def test_srpo_pairs_reads_a_runs_reflection_log(tmp_path):
+    from rollout import reflection_log
+
+    run = tmp_path / "run"
+    ids = [p["sample_id"] for p in sample_prompts(4)]
+    log = reflection_log.log_path(run)
+    for sample_id in ids:
+        reflection_log.append(log, reflection_record(sample_id))
+    log.write_text(log.read_text() + '{"sample_id": "torn')  # a worker killed mid-line
+    done = srpo("pairs", run, "saferl.srpo.pairs.sources=[reflection]")
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((run / "srpo" / "pairs" / "manifest.json").read_text())
+    assert manifest["by_source"] == {REFLECTION: 4} and manifest["counts"]["reflection_records"] == 4
+    assert "not a whole record" in done.stdout + done.stderr
+    bad = srpo("pairs", run, "saferl.srpo.pairs.sources=[reflections]")
+    assert bad.returncode != 0 and "choose one or more of" in bad.stdout + bad.stderr

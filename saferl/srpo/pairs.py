@@ -6,9 +6,11 @@ to any that does not), then utility (among safe answers, the more helpful wins),
 `preference_key` is that order over the project's judge verdicts, so the same judge and rubric that score
 RL decide what SRPO prefers. `pick_pair` applies it to the answers of one prompt.
 
-Sources (each counted in the manifest, by category and label):
-- `contrastive`: K answers per prompt from one or more policies (`mine_contrastive`); the best answer that
-  passes the safety gate is chosen, the worst is rejected.
+Sources (each optional, and counted in the manifest by category and label):
+- `contrastive` (saferl/srpo/mining.py): K answers per prompt from one or more policies; the best answer
+  that passes the safety gate is chosen, the worst is rejected;
+- `reflection` (saferl/srpo/reflections.py): a training run's judged-safe corrections over the unsafe
+  attempts they corrected, from its reflection log.
 
 The pairs file is a parquet with the prompt's image bytes, question, label and category, so DPO renders the
 prompt exactly as RL does (saferl/srpo/dpo.py). `validate_pairs` names the file and row of a bad pair.
@@ -30,7 +32,8 @@ from rewards.judge import HARMFUL, OVER_REFUSAL
 from rewards.rubric import POINTS, SAFETY
 
 CONTRASTIVE = "contrastive"
-SOURCES = (CONTRASTIVE,)
+REFLECTION = "reflection"
+SOURCES = (CONTRASTIVE, REFLECTION)
 LABELS = ("safe", "unsafe")
 HELPFULNESS = "helpfulness"
 REASONING = "reasoning_coherence"
@@ -140,14 +143,13 @@ def dedupe(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def manifest(rows: Sequence[dict[str, Any]], skipped: Counter[str]) -> dict[str, Any]:
-    """Pairs per source, per category and per label, and the prompts that gave none, by reason."""
+def manifest(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Pairs per source, per category and per label."""
     return {
         "pairs": len(rows),
         "by_source": dict(Counter(r["source"] for r in rows)),
         "by_category": dict(sorted(Counter(str(r["category"]) for r in rows).items())),
         "by_label": dict(Counter(str(r["safety_label"]) for r in rows)),
-        "skipped_prompts": dict(skipped),
     }
 
 
