@@ -34,6 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 # What verl's checkpoints write last (trainer_base.py `_save_checkpoint`): the step a resume starts from.
 LATEST_CHECKPOINT = "latest_checkpointed_iteration.txt"
+STAGES = ("warm_start", "srpo", "grpo")  # saferl.stages: the order a run goes through them
 
 logger = logging.getLogger("saferl.train")
 
@@ -86,10 +87,24 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def prepare_policy(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """The policy RL (or SRPO) starts from, and its data: the tiny model's path when asked for, the
-    verl-format copy of `saferl.data.dir` under `run_dir/data` (returned; None without one), then the
-    warm start, which sets `actor_rollout_ref.model.path` to its output."""
+def run_stages(cfg: DictConfig) -> list[str]:
+    """`saferl.stages`, checked: known stages, each once, in `STAGES` order."""
+    stages = [str(s) for s in cfg.saferl.stages]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages or stages != sorted(set(stages), key=STAGES.index):
+        raise ValueError(
+            f"saferl.stages={stages}: name one or more of {list(STAGES)}, each once, in that order"
+            + (f" ({unknown} unknown)" if unknown else "")
+        )
+    return stages
+
+
+def prepare_policy(cfg: DictConfig, run_dir: Path, through: str = "srpo") -> Path | None:
+    """The policy GRPO starts from, and its data: the tiny model's path when asked for, the verl-format
+    copy of `saferl.data.dir` under `run_dir/data` (returned; None without one), then each stage of
+    `saferl.stages` before GRPO up to `through`, each setting `actor_rollout_ref.model.path` to its output.
+    """
+    stages = run_stages(cfg)
     use_tiny_model(cfg)
     if cfg.actor_rollout_ref.model.path is None:
         raise ValueError("actor_rollout_ref.model.path is not set (or set saferl.tiny_model=bpe)")
@@ -109,7 +124,10 @@ def prepare_policy(cfg: DictConfig, run_dir: Path) -> Path | None:
         cfg.data.train_files = str(out / "train.parquet")
         cfg.data.val_files = str(out / "val.parquet")
         converted = out
-    warm_start_stage(cfg, run_dir, converted)
+    if "warm_start" in stages:
+        warm_start_stage(cfg, run_dir, converted)
+    if "srpo" in stages and STAGES.index(through) >= STAGES.index("srpo"):
+        srpo_stage(cfg)
     return converted
 
 
@@ -177,20 +195,18 @@ def warm_start_files(cfg: DictConfig, converted: Path | None) -> str:
 
 
 def warm_start_stage(cfg: DictConfig, run_dir: Path, converted: Path | None = None) -> None:
-    """PST's policy-guided SFT before RL, when `saferl.warm_start.enable`; RL then starts from its output.
+    """PST's policy-guided SFT (the `warm_start` stage); the next stage starts from its output.
 
     It runs in this process on one device. On GPU nodes that is refused rather than run on the CPU or
     skipped: a multi-GPU SFT belongs to verl's own SFT trainer, which saferl does not drive yet."""
     ws = cfg.saferl.warm_start
-    if not ws.enable:
-        return
     if cfg.saferl.platform != "cpu":
         raise ValueError(
-            "saferl.warm_start.enable=true on a GPU experiment: the warm start runs in the driver on one "
+            "saferl.stages has warm_start on a GPU experiment: the warm start runs in the driver on one "
             "device, which is not how a 3B/7B model is fine-tuned, and saferl does not drive verl's "
             "multi-GPU SFT trainer (verl.trainer.sft_trainer) yet. Warm-start separately "
             "(python -m saferl.warm_start --model ... --train ... --out DIR) and point "
-            "actor_rollout_ref.model.path at DIR, or set saferl.warm_start.enable=false."
+            "actor_rollout_ref.model.path at DIR, or leave warm_start out of saferl.stages."
         )
     from saferl.warm_start import warm_start
 
@@ -198,6 +214,27 @@ def warm_start_stage(cfg: DictConfig, run_dir: Path, converted: Path | None = No
     files = warm_start_files(cfg, converted)
     out = warm_start(base, files, ws, run_dir / "warm_start", data_config=cfg.data)
     logger.info("warm start (PST SFT, %s steps): %s", ws.steps, out)
+    cfg.actor_rollout_ref.model.path = str(out)
+
+
+def srpo_stage(cfg: DictConfig) -> None:
+    """PST's SRPO (the `srpo` stage): preference pairs from the current policy, then DPO; the next stage
+    starts from its output. Like the warm start it runs in this process on one device, so GPU
+    experiments are refused: there, TRL's DPOTrainer runs under accelerate (`accelerate launch -m
+    saferl.srpo train +exp=NAME`, after `python -m saferl.srpo pairs +exp=NAME`)."""
+    if cfg.saferl.platform != "cpu":
+        raise ValueError(
+            "saferl.stages has srpo on a GPU experiment: the stage runs in the driver on one device. Run it "
+            "separately (python -m saferl.srpo pairs +exp=NAME, then accelerate launch -m saferl.srpo train "
+            "+exp=NAME) and point actor_rollout_ref.model.path at its model/, or leave srpo out of "
+            "saferl.stages."
+        )
+    from saferl.srpo.stage import build_pairs, train
+
+    policy = str(cfg.actor_rollout_ref.model.path)
+    build_pairs(cfg, [policy])
+    out = train(cfg, policy)
+    logger.info("SRPO (PST preference stage): %s", out)
     cfg.actor_rollout_ref.model.path = str(out)
 
 
@@ -219,6 +256,23 @@ def run_verl(cfg: DictConfig) -> None:
     run_ppo(cfg, task_runner_class=TaskRunnerV1)
 
 
+def run_policy_stages(cfg: DictConfig) -> Path:
+    """A run whose stages stop before GRPO (e.g. warm start then SRPO): the stages, the resolved config
+    in the run directory, and where the policy is."""
+    from saferl.preflight import check_no_secrets
+
+    check_no_secrets(cfg)
+    with open_dict(cfg):
+        cfg.trainer.default_local_dir = _absolute(cfg.trainer.default_local_dir)
+    run_dir = Path(cfg.trainer.default_local_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_policy(cfg, run_dir)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    policy = Path(cfg.actor_rollout_ref.model.path)
+    print(f"saferl: stages {list(cfg.saferl.stages)} done; the policy is {policy}", flush=True)
+    return policy
+
+
 def run(cfg: DictConfig) -> None:
     """Set the platform up, then dry-run or train with verl's trainer."""
     apply_platform_env(cfg)
@@ -226,6 +280,9 @@ def run(cfg: DictConfig) -> None:
         from saferl.preflight import preflight
 
         sys.exit(0 if preflight(cfg).ok else 1)
+    if "grpo" not in run_stages(cfg):
+        run_policy_stages(cfg)
+        return
     cfg = prepare(cfg)
     run_verl(cfg)
     from saferl.resume import logged_steps

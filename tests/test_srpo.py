@@ -360,3 +360,31 @@ def test_srpo_pairs_reads_a_runs_reflection_log(tmp_path):
     assert "not a whole record" in done.stdout + done.stderr
     bad = srpo("pairs", run, "saferl.srpo.pairs.sources=[reflections]")
     assert bad.returncode != 0 and "choose one or more of" in bad.stdout + bad.stderr
+
+
+def test_tiny_pst_runs_warm_start_then_srpo_and_caches_both(tmp_path):
+    """`+exp=tiny_pst` through saferl.train: warm start, pairs, DPO, no GRPO; a second launch reuses
+    both stages' outputs (their fingerprints are unchanged) and ends on the same policy."""
+    run = tmp_path / "run"
+    args = [
+        sys.executable,
+        "-m",
+        "saferl.train",
+        "+exp=tiny_pst",
+        f"trainer.default_local_dir={run}",
+        "saferl.warm_start.steps=20",
+        "saferl.srpo.pairs.limit=8",
+        "saferl.srpo.pairs.max_new_tokens=64",
+        "saferl.srpo.dpo.steps=2",
+        "saferl.srpo.dpo.batch_size=2",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert f"the policy is {run / 'srpo' / 'model'}" in first.stdout
+    assert "saferl.srpo: DPO 2 steps" in first.stdout
+    assert not (run / "global_step_1").exists()  # no GRPO stage
+    again = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "is up to date" in again.stdout + again.stderr  # the warm start's and the DPO output's
+    assert "saferl.srpo: DPO output" in again.stdout and "DPO 2 steps" not in again.stdout

@@ -85,7 +85,8 @@ def test_experiments_differ_in_platform_rollout_model_and_sizes() -> None:
     ):
         assert OmegaConf.select(q3, key) == OmegaConf.select(tiny, key), key
     # the GPU experiment does not inherit the tiny warm start (3e-3, run in the driver)
-    assert (q3.saferl.warm_start.enable, q3.saferl.warm_start.lr) == (False, 1e-5)
+    assert (list(q3.saferl.stages), q3.saferl.warm_start.lr) == (["grpo"], 1e-5)
+    assert list(tiny.saferl.stages) == ["warm_start", "grpo"]
     assert q3.actor_rollout_ref.rollout.max_model_len == 6144
     assert q3.actor_rollout_ref.model.path == "Qwen/Qwen2.5-VL-3B-Instruct"
     assert q3.actor_rollout_ref.rollout.name == "vllm"
@@ -209,20 +210,28 @@ def test_unknown_platform_is_a_clear_error(tmp_path: Path) -> None:
     assert "saferl.platform='tpu'" in result.stderr
 
 
-def test_a_gpu_experiment_refuses_the_driver_warm_start(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Enabled on a GPU experiment, the warm start is refused with the way to run it, never run on the
+@pytest.mark.parametrize("stage", ["warm_start", "srpo"])
+def test_a_gpu_experiment_refuses_the_driver_stages(stage: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A warm start or SRPO on a GPU experiment is refused with the way to run it, never run on the
     driver's CPU with the tiny run's settings or skipped without a word."""
     result = train(
         "+exp=qwen3b",
-        "saferl.warm_start.enable=true",
+        f"saferl.stages=[{stage},grpo]",
         f"actor_rollout_ref.model.path={tiny_model_dir}",
         f"saferl.data.dir={REPO_ROOT / 'data' / 'QI-Safe-10K' / 'sample'}",
         f"trainer.default_local_dir={tmp_path}",
     )
     assert result.returncode != 0
-    assert "saferl.warm_start.enable=true on a GPU experiment" in result.stderr
-    assert "python -m saferl.warm_start" in result.stderr
-    assert not (tmp_path / "warm_start").exists()
+    assert f"saferl.stages has {stage} on a GPU experiment" in result.stderr
+    assert f"python -m saferl.{stage}" in result.stderr
+    assert not (tmp_path / "warm_start").exists() and not (tmp_path / "srpo").exists()
+
+
+@pytest.mark.parametrize("stages", ["[grpo,warm_start]", "[warm_start,sft]", "[]", "[grpo,grpo]"])
+def test_stages_out_of_order_or_unknown_are_refused(stages: str, tmp_path: Path) -> None:
+    result = train("+exp=tiny", f"saferl.stages={stages}", f"trainer.default_local_dir={tmp_path}")
+    assert result.returncode != 0
+    assert "name one or more of ['warm_start', 'srpo', 'grpo'], each once, in that order" in result.stderr
 
 
 def test_the_driver_resolves_the_config_FAKE_GPU_EDGE(

@@ -123,6 +123,7 @@ def train_dpo(
     cfg: DictConfig,
     out: str | Path,
     data_config: DictConfig | dict | None = None,
+    fingerprint: str | None = None,
 ) -> tuple[Path, list[dict[str, float]]]:
     """DPO from `policy` on the pairs, against `cfg.reference` (default: the starting policy, frozen);
     writes a complete checkpoint to `out` and returns it with TRL's log per step."""
@@ -156,6 +157,7 @@ def train_dpo(
     (out / MARKER).write_text(
         json.dumps(
             {
+                "fingerprint": fingerprint,
                 "policy": str(policy),
                 "pairs": str(pairs_file),
                 "pairs_count": len(dataset),
