@@ -32,9 +32,13 @@ install_requires = [
     "tqdm",
     "httpx>=0.27",  # the OpenAI-compatible judge client
     "matplotlib>=3.7",  # the evaluation report's plots (PNG, Agg backend: no display needed)
-    # SRPO (PST's preference stage) trains through TRL's DPOTrainer; its vision collator is what
-    # tests/test_srpo.py checks the prompt against, so stay on the minor version tested.
-    "trl>=1.16,<1.17",
+    # SRPO (PST's preference stage) trains through TRL's DPOTrainer (its vision collator is what
+    # tests/test_srpo.py checks the prompt against). Not 1.13+: once TRL is installed, verl's FSDP engine
+    # imports AutoModelForCausalLMWithValueHead from trl.experimental.ppo or trl
+    # (verl/models/transformers/monkey_patch.py:352-356), which TRL removed in 1.13; and not verl's own
+    # pin (0.27.0, its fsdp extra), which does not import under transformers 5. Checked by
+    # tests/test_verl_internals.py.
+    "trl>=1.10,<1.13",
     # Not a compatibility pin: verl -> tensordict -> pyvers caps packaging below 26, and without this
     # hint pip first picks packaging 26 and then backtracks through peft, accelerate and tensorboard
     # for many minutes before it finds that out.

@@ -110,3 +110,25 @@ def test_set_device_starts_the_workers_gloo_group() -> None:
     worker_env = {"WG_PREFIX": "test", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
     found = _probe(**worker_env, MASTER_PORT=str(29_500 + os.getpid() % 1000))
     assert found["group"] is True and found["world"] == 1
+
+
+def test_verls_fsdp_engine_can_import_what_it_wants_from_the_installed_trl() -> None:
+    """With TRL installed (SRPO's DPO), verl's FSDP engine imports AutoModelForCausalLMWithValueHead from
+    `trl.experimental.ppo`, else `trl` (verl/models/transformers/monkey_patch.py:352-356, on every actor
+    build). TRL 1.13 removed both, and every GRPO run then fails at its first worker: setup.py pins
+    below it."""
+    import warnings
+
+    from verl.models.transformers import monkey_patch
+    from verl.utils.import_utils import is_trl_available
+
+    source = inspect.getsource(monkey_patch.apply_monkey_patch)
+    assert "from trl.experimental.ppo import AutoModelForCausalLMWithValueHead" in source
+    assert is_trl_available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            from trl.experimental.ppo import AutoModelForCausalLMWithValueHead
+        except ImportError:
+            from trl import AutoModelForCausalLMWithValueHead
+    assert AutoModelForCausalLMWithValueHead.state_dict
