@@ -427,7 +427,6 @@ def fingerprint(
 ) -> tuple[str, dict[str, Any]]:
     """The cache key of a warm start and what it was computed from (recorded in the marker)."""
     train_cfg = OmegaConf.to_container(cfg, resolve=True)
-    train_cfg.pop("enable", None)  # whether to run, not how: it does not change the weights
     data_cfg = OmegaConf.to_container(dataset_config(data_config), resolve=True)
     data_cfg = {k: v for k, v in data_cfg.items() if k in DATA_KEYS_FINGERPRINTED}
     inputs = {
@@ -523,13 +522,11 @@ def warm_start(
 
     `train_file` is the RL train file (verl format, as `saferl.data to-verl` writes it) or a QI-Safe-10K
     parquet (converted the same way). `data_config` is the RL run's `data` node (image pixel bounds,
-    chat-template kwargs), so the prompts match the RL prompts. With `cfg.enable` false it returns
-    `model_path` itself. Cached in `output_dir` by the fingerprint of every input.
+    chat-template kwargs), so the prompts match the RL prompts. Cached in `output_dir` by the fingerprint
+    of every input. Whether a run warm-starts at all is `saferl.stages` (saferl.train).
     """
     from saferl.models.checkpoint import apply_umask, check_checkpoint_dir, load_vlm, save_vlm
 
-    if not cfg.get("enable", True):
-        return Path(model_path)
     model_path = check_checkpoint_dir(model_path)
     if isinstance(train_file, ListConfig):
         train_file = list(train_file)

@@ -68,7 +68,6 @@ def test_config_is_small_and_documented() -> None:
     cfg = load_warm_start_config()
     assert set(cfg) == {
         "split",
-        "enable",
         "steps",
         "batch_size",
         "lr",
@@ -190,9 +189,8 @@ def test_fingerprint_holds_what_changes_the_weights(tiny_model_dir: Path, verl_d
 
     cfg, train = load_warm_start_config(), verl_data / "train_small.parquet"
     key, inputs = fingerprint(tiny_model_dir, train, cfg, {"train_batch_size": 4})
-    # RL-side settings and whether to run do not change the warm start; a list of one file is that file.
+    # RL-side settings do not change the warm start; a list of one file is that file.
     assert fingerprint(tiny_model_dir, [str(train)], cfg, {"train_batch_size": 16})[0] == key
-    assert fingerprint(tiny_model_dir, train, load_warm_start_config(["enable=false"]))[0] == key
     # What a row becomes, the data, the base weights and the training settings do.
     assert fingerprint(tiny_model_dir, train, cfg, {"image_max_pixels": 112 * 112})[0] != key
     assert fingerprint(tiny_model_dir, verl_data / "val.parquet", cfg)[0] != key
@@ -211,12 +209,6 @@ def test_refuses_to_replace_what_is_not_a_checkpoint(
     with pytest.raises(ValueError, match="base model itself"):
         warm_start(tiny_model_dir, verl_data / "train_small.parquet", cfg, tiny_model_dir, progress=False)
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
-
-
-def test_disabled_returns_the_base_model(tiny_model_dir: Path, verl_data: Path, tmp_path: Path) -> None:
-    cfg = load_warm_start_config(["enable=false"])
-    assert warm_start(tiny_model_dir, verl_data / "train.parquet", cfg, tmp_path / "x") == tiny_model_dir
-    assert not (tmp_path / "x").exists()
 
 
 def test_half_written_output_is_not_taken_for_done(
