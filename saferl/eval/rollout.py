@@ -70,11 +70,37 @@ class ReplicaRollout:
         import ray
         from ray.util.placement_group import remove_placement_group
 
+        groups = []
         for replica in self.servers.get_replicas():
             for actor in [*replica.servers, *replica.workers]:
                 ray.kill(actor)
             for group in (replica.resource_pool.pgs if replica.resource_pool else None) or []:
                 remove_placement_group(group)
+                groups.append(group)
+        wait_released(groups)
+
+
+def wait_released(groups: list[Any], timeout_s: float = 60.0) -> None:
+    """Block until Ray shows the removed placement groups' resources as available again.
+
+    Ray removes a placement group asynchronously: right after `remove_placement_group` its devices can
+    still be counted as taken, and verl's next resource pool check (`RayResourcePoolManager.
+    _check_resource_available`) then fails with "Total available GPUs 0" (seen once in CI under load)."""
+    import time
+    from collections import Counter
+
+    import ray
+
+    needed: Counter[str] = Counter()
+    for group in groups:
+        for bundle in group.bundle_specs:
+            needed.update({k: float(v) for k, v in bundle.items()})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        available = ray.available_resources()
+        if all(available.get(key, 0.0) >= amount for key, amount in needed.items()):
+            return
+        time.sleep(0.1)
 
 
 def decode_responses(output: Any, tokenizer: Any) -> list[str]:
