@@ -256,9 +256,9 @@ def run_verl(cfg: DictConfig) -> None:
     run_ppo(cfg, task_runner_class=TaskRunnerV1)
 
 
-def run_policy_stages(cfg: DictConfig) -> Path:
-    """A run whose stages stop before GRPO (e.g. warm start then SRPO): the stages, the resolved config
-    in the run directory, and where the policy is."""
+def run_directory(cfg: DictConfig) -> Path:
+    """After refusing a config that holds a secret: `trainer.default_local_dir`, made absolute in the
+    config and created (what the stages before GRPO and `python -m saferl.srpo` write under)."""
     from saferl.preflight import check_no_secrets
 
     check_no_secrets(cfg)
@@ -266,6 +266,13 @@ def run_policy_stages(cfg: DictConfig) -> Path:
         cfg.trainer.default_local_dir = _absolute(cfg.trainer.default_local_dir)
     run_dir = Path(cfg.trainer.default_local_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def run_policy_stages(cfg: DictConfig) -> Path:
+    """A run whose stages stop before GRPO (e.g. warm start then SRPO): the stages, the resolved config
+    in the run directory, and where the policy is."""
+    run_dir = run_directory(cfg)
     prepare_policy(cfg, run_dir)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     policy = Path(cfg.actor_rollout_ref.model.path)

@@ -12,31 +12,21 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from saferl.train import CONF_DIR, prepare_policy
+from saferl.srpo.pairs import CONTRASTIVE
+from saferl.train import CONF_DIR, prepare_policy, run_directory
 
 logger = logging.getLogger("saferl.srpo")
-
-
-def _run_dir(cfg: DictConfig) -> Path:
-    from saferl.preflight import check_no_secrets
-
-    check_no_secrets(cfg)
-    with open_dict(cfg):
-        cfg.trainer.default_local_dir = str(Path(cfg.trainer.default_local_dir).expanduser().resolve())
-    run_dir = Path(cfg.trainer.default_local_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
 def run_pairs(cfg: DictConfig) -> Path:
     """The pairs, sampled (for contrastive mining) from the policy SRPO starts from."""
     from saferl.srpo.stage import build_pairs
 
-    run_dir = _run_dir(cfg)
+    run_dir = run_directory(cfg)
     policies = []
-    if "contrastive" in cfg.saferl.srpo.pairs.sources and not cfg.saferl.srpo.pairs.policies:
+    if CONTRASTIVE in cfg.saferl.srpo.pairs.sources and not cfg.saferl.srpo.pairs.policies:
         prepare_policy(cfg, run_dir, through="warm_start")
         policies = [str(cfg.actor_rollout_ref.model.path)]
     return build_pairs(cfg, policies)
@@ -46,7 +36,7 @@ def run_train(cfg: DictConfig) -> Path:
     """DPO from the policy SRPO starts from, on the pairs file."""
     from saferl.srpo.stage import train
 
-    run_dir = _run_dir(cfg)
+    run_dir = run_directory(cfg)
     prepare_policy(cfg, run_dir, through="warm_start")
     return train(cfg, str(cfg.actor_rollout_ref.model.path))
 
