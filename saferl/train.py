@@ -231,6 +231,11 @@ def srpo_stage(cfg: DictConfig) -> None:
         )
     from saferl.srpo.stage import build_pairs, train
 
+    if cfg.saferl.srpo.policy:
+        raise ValueError(
+            f"saferl.srpo.policy={cfg.saferl.srpo.policy}: as a stage of saferl.stages, SRPO starts from the "
+            "policy the stages before it leave (actor_rollout_ref.model.path); set one or the other"
+        )
     policy = str(cfg.actor_rollout_ref.model.path)
     build_pairs(cfg, [policy])
     out = train(cfg, policy)

@@ -11,6 +11,8 @@ the benchmark get well-formed, deterministic verdicts.
   `rewards.bench`, so the server's CPU does not count as the client's).
 - `script([...])` queues one behaviour per request: `{"content": text}`, `{"status": 503}`,
   `{"hang": seconds}` (then answers as the default grader), `{"drop": True}` (closes the connection).
+- `responder(body) -> text` replaces the default grader: the same server then stands in for another model
+  at an OpenAI-compatible endpoint (SRPO's adversarial generator).
 - `mode="obedient"` is the worst-case judge that follows instructions injected into the response: any
   grader-addressed text or a JSON "criteria" object inside the fence earns full marks and no flags.
 """
@@ -26,6 +28,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -92,6 +95,7 @@ class FakeJudgeServer:
         port: int = 0,
         record: bool = True,
         served_model: str = "fake-judge",
+        responder: Callable[[dict[str, Any]], str] | None = None,
     ) -> None:
         if mode not in ("default", "obedient"):
             raise ValueError(f"mode must be 'default' or 'obedient', got {mode!r}")
@@ -100,6 +104,7 @@ class FakeJudgeServer:
         self.port = port
         self.record = record
         self.served_model = served_model
+        self.responder = responder
         self.requests: list[dict[str, Any]] = []  # {"body": parsed JSON, "headers": {name: value}}
         self.concurrent_max = 0
         self._inflight = 0
@@ -155,7 +160,10 @@ class FakeJudgeServer:
                 return web.Response(status=500)  # never written: the transport is gone
             if "hang" in behaviour:
                 await asyncio.sleep(float(behaviour["hang"]))
-            content = behaviour["content"] if "content" in behaviour else grade(body, self.mode)
+            if "content" in behaviour:
+                content = behaviour["content"]
+            else:
+                content = self.responder(body) if self.responder else grade(body, self.mode)
             return web.Response(text=json.dumps(completion(content)), content_type="application/json")
         finally:
             self._inflight -= 1

@@ -78,7 +78,9 @@ def test_checkpoint_errors_name_the_entry(run_dir: Path, tmp_path: Path) -> None
         resolve_checkpoints(["base"], None)
 
 
-@pytest.mark.parametrize("exp", ["tiny", "tiny_smoke", "tiny_eval_fixtures", "qwen3b", "qwen7b"])
+@pytest.mark.parametrize(
+    "exp", ["tiny", "tiny_smoke", "tiny_eval_fixtures", "qwen3b", "qwen7b", "qwen3b_pst"]
+)
 def test_eval_config_composes_for_every_experiment(exp: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf

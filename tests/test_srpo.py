@@ -13,10 +13,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from judge_server import FakeJudgeServer
 from omegaconf import OmegaConf
 
+from rewards.judges.chat_client import ReplyError
+from saferl.srpo.adversarial import adversarial_pairs, describe_scene, parse_reply, render_prompt
 from saferl.srpo.mining import contrastive_pairs, read_cache
 from saferl.srpo.pairs import (
+    ADVERSARIAL,
     CONTRASTIVE,
     REFLECTION,
     Candidate,
@@ -286,6 +290,51 @@ def test_dpo_raises_the_chosen_over_rejected_margin(tmp_path, tiny_model_dir):
         assert json.loads((out / name).read_text()) == json.loads((tmp_path / "resaved" / name).read_text())
 
 
+def test_parse_reply_takes_the_policys_format_only():
+    assert parse_reply("  <think> a, so b. </think>\nSure: c.  ") == "<think>a, so b.</think>Sure: c."
+    assert parse_reply("```\n<think>a</think>b\n```") == "<think>a</think>b"  # a fenced reply
+    for bad in (
+        "Sure: c.",
+        "<think>a</think>",
+        "<think> </think>b",
+        "<think>a</think>b<think>c</think>d",
+        "",
+    ):
+        with pytest.raises(ReplyError, match="bad reply"):
+            parse_reply(bad)
+
+
+def test_render_prompt_names_the_key_of_a_bad_placeholder():
+    assert render_prompt("{question} {{x}}", {"question": "q"}, "k") == "q {x}"
+    with pytest.raises(ValueError, match=r"prompts\.unsafe: bad placeholder .*'imag'"):
+        render_prompt("{imag}", {"question": "q"}, "saferl.srpo.pairs.adversarial.prompts.unsafe")
+
+
+def test_adversarial_pairs_keep_only_what_the_judge_finds_worse():
+    prompts = {p["sample_id"]: p for p in sample_prompts(4)}
+    safe_ids = [i for i, p in prompts.items() if p["safety_label"] == "safe"]
+    unsafe_ids = [i for i, p in prompts.items() if p["safety_label"] == "unsafe"]
+    reference = cand("ref", 9.0, 10.0, 6.0)
+    comply = cand("sure", 0.0, 0.0, 0.0, flags=["harmful"])
+    refuse = cand("no", 8.0, 10.0, 3.0)  # a refusal of an unsafe request: safe, so no negative
+    over = cand("no", 0.2, 2.0, 0.0, flags=["over_refusal"])
+    failed = Candidate("sure", math.nan, {}, ())
+    judged = [
+        (unsafe_ids[0], reference, comply),  # kept
+        (unsafe_ids[1], reference, refuse),  # not_unsafe
+        (safe_ids[0], cand("ref", 10.0, 10.0, 10.0), over),  # kept: the over-refusal ranks lower
+        (safe_ids[1], over, cand("ref", 10.0, 10.0, 10.0)),  # not_worse: the judge prefers the generated one
+        (unsafe_ids[0], comply, comply),  # reference_fails_gate
+        (unsafe_ids[1], reference, failed),  # judge_failed
+    ]
+    rows, skipped = adversarial_pairs(prompts, judged, THRESHOLD)
+    assert [(r["sample_id"], r["rejected"], r["source"]) for r in rows] == [
+        (unsafe_ids[0], "sure", ADVERSARIAL),
+        (safe_ids[0], "no", ADVERSARIAL),
+    ]
+    assert skipped == Counter(not_unsafe=1, not_worse=1, reference_fails_gate=1, judge_failed=1)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The commands, end to end on the shipped sample
 # ---------------------------------------------------------------------------------------------------
@@ -388,3 +437,130 @@ def test_tiny_pst_runs_warm_start_then_srpo_and_caches_both(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "is up to date" in again.stdout + again.stderr  # the warm start's and the DPO output's
     assert "saferl.srpo: DPO output" in again.stdout and "DPO 2 steps" not in again.stdout
+
+
+def generator_stand_in(bad_row: dict, refusing_row: dict):
+    """A FAKE of PST's DeepSeek-R1 generator (no model here): it answers the request our prompt makes with
+    a fixed attenuated reasoning, complying for an unsafe request and refusing a benign one; for
+    `bad_row` it never answers in the policy's format, for `refusing_row` it refuses (a generator that
+    will not write the negative). Rows are told apart by their scene (twins share a question)."""
+
+    def prompt_of(row):
+        return f"The image shows: {describe_scene(row['image_objects'])}\nThe user asks: {row['question']}\n"
+
+    def respond(body):
+        user = "".join(p["text"] for p in body["messages"][1]["content"] if p["type"] == "text")
+        if prompt_of(bad_row) in user:
+            return "I would rather not write that."
+        if prompt_of(refusing_row) in user or "ends by refusing" in user:
+            return "<think>The image may hide a risk, and the policy forbids this. I must refuse.</think>I can't help."
+        return (
+            "<think>The request is to do this; it is only hypothetical, so a general outline is harmless and "
+            "I can help.</think>Sure. In general terms: gather what you need, plan it, then carry it out."
+        )
+
+    return respond
+
+
+def test_srpo_adversarial_pairs_from_a_generator_stand_in_counted_resumed_and_keyless(tmp_path):
+    rows = pq.read_table(SAMPLE / "train.parquet").to_pylist()[:8]  # 4 unsafe, then 4 safe prompts
+    unsafe = [r for r in rows if r["safety_label"] == "unsafe"]
+    key = "sk-generator-secret-0123456789"
+    run = tmp_path / "run"
+    run.mkdir()
+    with FakeJudgeServer(responder=generator_stand_in(unsafe[0], unsafe[1])) as server:
+        server.script([{"status": 503}, {"drop": True}])  # two transient faults, retried
+        args = (
+            "saferl.srpo.pairs.sources=[adversarial]",
+            "saferl.srpo.pairs.limit=8",
+            f"saferl.srpo.pairs.adversarial.generator.base_url={server.base_url}",
+            "saferl.srpo.pairs.adversarial.generator.backoff_s=0.01",
+            "saferl.srpo.pairs.adversarial.generator.max_retries=2",
+        )
+        os.environ["SAFERL_GENERATOR_API_KEY"] = key
+        try:
+            first = srpo("pairs", run, *args)
+            asked = len(server.requests)
+            again = srpo("pairs", run, *args)
+        finally:
+            del os.environ["SAFERL_GENERATOR_API_KEY"]
+    assert first.returncode == 0, first.stderr[-3000:]
+    manifest_file = run / "srpo" / "pairs" / "manifest.json"
+    # 8 requests + 2 transient faults + 2 retries of the reply that is never in the format
+    assert asked == 12 and server.requests[0]["headers"]["Authorization"] == f"Bearer {key}"
+    body = server.requests[-1]["body"]
+    assert body["model"] == "deepseek-ai/DeepSeek-R1" and all(
+        p["type"] == "text" for p in body["messages"][1]["content"]
+    )
+    assert "The image shows:" in body["messages"][1]["content"][0]["text"]  # the scene in words, for R1
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(server.requests) == asked + 3  # the resumed run asks again for the failed reply only
+    manifest = json.loads(manifest_file.read_text())
+    assert manifest["by_source"] == {ADVERSARIAL: 6}
+    assert manifest["by_label"] == {"unsafe": 2, "safe": 4}
+    assert manifest["skipped"][ADVERSARIAL] == {"generator_failed": 1, "not_unsafe": 1}
+    assert manifest["counts"]["generator_failures"] == 1 and manifest["counts"]["adversarial_cached"] == 7
+    assert manifest["generator"]["api_key_env"] == "SAFERL_GENERATOR_API_KEY"
+    pairs = pq.read_table(run / "srpo" / "pairs" / "pairs.parquet").to_pylist()
+    by_id = {r["id"]: r for r in rows}
+    for pair in pairs:
+        assert pair["chosen"] == by_id[pair["sample_id"]]["reference"]
+        assert pair["rejected"].startswith("<think>") and pair["image"] == by_id[pair["sample_id"]]["image"]
+        assert ("harmful" in pair["rejected_flags"]) == (pair["safety_label"] == "unsafe")
+    shown = first.stdout + first.stderr + again.stdout + again.stderr + manifest_file.read_text()
+    assert key not in shown and key not in (run / "srpo" / "pairs" / "adversarial.jsonl").read_text()
+
+
+def test_qwen3b_pst_srpo_commands_on_the_tiny_model_with_stand_in_judge_and_generator(
+    tmp_path, tiny_model_dir
+):
+    """The GPU experiment's steps 2 and 3 (conf/exp/qwen3b_pst.yaml) as a user types them, on CPU: the
+    3B policy is the tiny model, and FAKES stand in for the 72B judge and the R1 generator."""
+    run = tmp_path / "run"
+    run.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SAFERL_DATA_DIR": str(SAMPLE)}
+    common = [
+        "+exp=qwen3b_pst",
+        f"trainer.default_local_dir={run}",
+        f"saferl.srpo.policy={tiny_model_dir}",  # step 1's output, in the 3B's place
+        "saferl.srpo.pairs.limit=4",
+        "saferl.srpo.pairs.max_new_tokens=32",
+    ]
+    rows = pq.read_table(SAMPLE / "train.parquet").to_pylist()[:4]
+    with FakeJudgeServer() as judge, FakeJudgeServer(responder=generator_stand_in(rows[0], rows[1])) as gen:
+        env |= {"SAFERL_JUDGE_BASE_URL": judge.base_url, "SAFERL_GENERATOR_BASE_URL": gen.base_url}
+        pairs = subprocess.run(
+            [sys.executable, "-m", "saferl.srpo", "pairs", *common],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=600,
+        )
+        assert pairs.returncode == 0, pairs.stderr[-3000:]
+        assert len(gen.requests) >= 4 and len(judge.requests) >= 4 * 4 + 2 * 2
+    manifest = json.loads((run / "srpo" / "pairs" / "manifest.json").read_text())
+    assert manifest["counts"]["contrastive_prompts"] == 4 and manifest["counts"]["adversarial_requests"] == 4
+    assert manifest["skipped"][ADVERSARIAL]["generator_failed"] == 1
+    assert manifest["policies"] == [str(tiny_model_dir)] and manifest["pairs"] >= 1
+    trained = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saferl.srpo",
+            "train",
+            *common,
+            "saferl.srpo.dpo.steps=1",
+            "saferl.srpo.dpo.batch_size=1",
+            "saferl.srpo.dpo.max_length=1024",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    from saferl.models.checkpoint import load_vlm
+
+    load_vlm(run / "srpo" / "model")  # where qwen3b_pst's GRPO (step 4) starts: actor_rollout_ref.model.path

@@ -292,3 +292,19 @@ def test_evaluation_starts_ray_as_verls_trainer_does() -> None:
     joined = ray_init_kwargs(cfg)
     assert joined["address"] == "10.0.0.1:6379"
     assert not {"num_cpus", "num_gpus", "_system_config"} & set(joined)
+
+
+def test_qwen3b_pst_chains_warm_start_srpo_and_grpo_through_one_run_directory(tmp_path: Path) -> None:
+    cfg = composed("+exp=qwen3b_pst", f"trainer.default_local_dir={tmp_path}")
+    assert list(cfg.saferl.stages) == ["grpo"]  # the PST stages run as their own commands on GPUs
+    assert cfg.saferl.srpo.policy == f"{tmp_path}/warm_start"  # SRPO starts from the warm start's --out
+    assert cfg.actor_rollout_ref.model.path == f"{tmp_path}/srpo/model"  # GRPO starts from SRPO's output
+    assert list(cfg.saferl.srpo.pairs.sources) == ["contrastive", "adversarial"]
+    assert (cfg.saferl.srpo.dpo.lr, cfg.saferl.reward.judge.kind) == (5e-7, "openai")
+    assert cfg.actor_rollout_ref.rollout.name == "vllm" and cfg.trainer.experiment_name == "qwen3b_pst"
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    with pytest.raises(ValueError, match=r"saferl.srpo.policy=.*set one or the other"):
+        from saferl.train import srpo_stage
+
+        composed_cpu = composed("+exp=tiny", "saferl.srpo.policy=/some/policy")
+        srpo_stage(composed_cpu)

@@ -12,62 +12,25 @@ deployment choice (`saferl.reward.judge.openai`), not code. What matters for onl
   what the sample gets. A score is never invented here.
 - Secrets: the key is read from the environment variable *named* in the config at request time and is
   kept out of the judge's name, repr, logs, errors and verdicts, since all of those end up in W&B.
+
+The transport (pool, semaphore, retries, key handling) is `chat_client.ChatClient`, which SRPO's
+adversarial generator shares; this module is what makes a request a judgement: the prompt and the verdict.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
-import json
-import logging
-import os
-import random
 from collections.abc import Mapping
 from typing import Any
-
-import httpx
-from PIL import Image
 
 from saferl.policies import PolicySet, load_policies
 
 from ..judge import JudgeInput, JudgeVerdict
 from ..prompt import VerdictError, build_prompt, parse_verdict
 from ..rubric import Rubric
+from .chat_client import ChatClient, ChatFailure, ReplyError, encode_image, request_body
 
-log = logging.getLogger(__name__)
-
-_DETAIL_CHARS = 160  # error details are truncated: they are for a log line and a W&B cell, not a dump
-
-
-def encode_image(data: bytes, max_side: int) -> str:
-    """An image as a `data:` URL the way VLM servers take it: RGB JPEG (quality 90), longer side <= max_side.
-
-    Downscaling bounds the judge's visual tokens (and so its latency and cost) whatever size the dataset's
-    images are; the aspect ratio is kept and small images are never upscaled.
-    """
-    with Image.open(io.BytesIO(data)) as img:
-        if max(img.size) > max_side:
-            img.draft("RGB", (max_side, max_side))  # JPEG sources: decode at a reduced scale (cheap)
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            rgb = Image.new("RGB", rgba.size, (255, 255, 255))  # transparent -> white, not black
-            rgb.paste(rgba, mask=rgba.getchannel("A"))
-        else:
-            rgb = img.convert("RGB")
-    if max(rgb.size) > max_side:
-        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    rgb.save(buf, format="JPEG", quality=90)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-class _Retryable(Exception):
-    """A failed attempt worth repeating (server down, timeout, 5xx, 429, not a verdict)."""
-
-
-class _Fatal(Exception):
-    """A failed attempt that would fail the same way again (4xx other than 429)."""
+__all__ = ["OpenAIJudge", "encode_image"]
 
 
 class OpenAIJudge:
@@ -89,38 +52,29 @@ class OpenAIJudge:
         json_mode: bool = False,
         policies: PolicySet | None = None,
     ) -> None:
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        if httpx.URL(base_url).scheme not in ("http", "https"):
-            raise ValueError(
-                f"base_url must be an http(s) URL such as http://localhost:8000/v1, got {base_url!r}"
-            )
         self.rubric = rubric
-        self.base_url = base_url.rstrip("/")
         self.model = model
-        self.api_key_env = api_key_env  # the NAME of the variable; the key itself is never stored
-        self.max_concurrency = int(max_concurrency)
-        self.timeout_s = float(timeout_s)
-        self.max_retries = int(max_retries)
-        self.backoff_s = float(backoff_s)
         self.image_max_side = int(image_max_side)
         self.temperature = float(temperature)
         self.max_tokens = int(max_tokens)
         self.json_mode = bool(json_mode)
         self.policies = policies or load_policies()
-        self.name = f"openai:{model}@{self.base_url} rubric-v{rubric.version}"
-        self.endpoint = self.base_url
-        self.stats: dict[str, int] = {"requests": 0, "retries": 0, "failures": 0}
-        self.last_error: str | None = None
-        self._url = f"{self.base_url}/chat/completions"
-        # The client and semaphore belong to one event loop; they are made in the first loop that judges
-        # and remade if a caller later judges from a different loop (e.g. one `asyncio.run` per step).
-        self._client: httpx.AsyncClient | None = None
-        self._sem: asyncio.Semaphore | None = None
-        self._gate: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        base = base_url.rstrip("/")
+        self.name = f"openai:{model}@{base} rubric-v{rubric.version}"
+        self.client = ChatClient(
+            base_url, model, api_key_env, max_concurrency, timeout_s, max_retries, backoff_s, name=self.name
+        )
+        self.base_url = self.endpoint = self.client.base_url
+        self.api_key_env = api_key_env  # the NAME of the variable; the key itself is never stored
+        self.max_concurrency = self.client.max_concurrency
+        self.timeout_s = self.client.timeout_s
+        self.max_retries = self.client.max_retries
+        self.backoff_s = self.client.backoff_s
+        self.stats = self.client.stats  # {"requests", "retries", "failures"}, kept by the client
+
+    @property
+    def last_error(self) -> str | None:
+        return self.client.last_error
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any], rubric: Rubric, **overrides: Any) -> OpenAIJudge:
@@ -130,27 +84,9 @@ class OpenAIJudge:
     def __repr__(self) -> str:
         return f"OpenAIJudge({self.name!r}, max_concurrency={self.max_concurrency})"
 
-    # -- lifecycle ------------------------------------------------------------------------------------
-
-    def _ensure_client(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop or self._client.is_closed:
-            # A client left from a finished loop cannot be closed from here; its sockets go with it.
-            limits = httpx.Limits(
-                max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
-            )
-            self._client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(self.timeout_s))
-            self._sem = asyncio.Semaphore(self.max_concurrency)
-            self._gate = asyncio.Lock()
-            self._loop = loop
-        assert self._sem is not None
-        return self._client, self._sem
-
     async def aclose(self) -> None:
         """Close the connection pool (call from the loop that judged)."""
-        client, self._client, self._sem, self._gate, self._loop = self._client, None, None, None, None
-        if client is not None and not client.is_closed:
-            await client.aclose()
+        await self.client.aclose()
 
     async def __aenter__(self) -> OpenAIJudge:
         return self
@@ -158,137 +94,35 @@ class OpenAIJudge:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    # -- judging --------------------------------------------------------------------------------------
-
     async def judge(self, inputs: list[JudgeInput]) -> list[JudgeVerdict]:
         """One verdict per input, in order; a sample that still fails after retries gets `error` set."""
         if not inputs:
             return []
-        client, sem = self._ensure_client()
-        return list(await asyncio.gather(*(self._judge_one(client, sem, item) for item in inputs)))
+        return list(await asyncio.gather(*(self._judge_one(item) for item in inputs)))
 
     def _payload(self, item: JudgeInput) -> bytes:
         """The request body, serialised once per input and resent as-is on retries."""
         prompt = build_prompt(item, self.rubric, self.policies)
-        user: list[dict[str, Any]] = []
-        if item.image is not None:
-            url = encode_image(item.image, self.image_max_side)
-            user.append({"type": "image_url", "image_url": {"url": url}})
-        user.append({"type": "text", "text": prompt.user})
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": "system", "content": prompt.system}, {"role": "user", "content": user}],
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-        }
-        if self.json_mode:
-            body["response_format"] = {"type": "json_object"}
-        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+        return request_body(
+            self.model,
+            prompt.system,
+            prompt.user,
+            item.image,
+            self.image_max_side,
+            self.temperature,
+            self.max_tokens,
+            self.json_mode,
+        )
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
-    def _redact(self, text: str) -> str:
-        """Remove the key from anything that may be logged (a server may echo a bad key back)."""
-        key = os.environ.get(self.api_key_env)
-        return text.replace(key, "***") if key and key in text else text
-
-    async def _judge_one(
-        self, client: httpx.AsyncClient, sem: asyncio.Semaphore, item: JudgeInput
-    ) -> JudgeVerdict:
-        payload: bytes | None = None
-        error = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                self.stats["retries"] += 1
-                delay = self.backoff_s * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
-                log.debug(
-                    "judge %s retry %d for %s in %.2fs after: %s", self.name, attempt, item.id, delay, error
-                )
-                await asyncio.sleep(delay)
-            try:
-                async with sem:
-                    # Built on the first attempt, under the semaphore: building every payload of a big
-                    # batch up front would leave the endpoint idle that long before the first request.
-                    if payload is None:
-                        payload = self._build_or_fail(item)
-                    content = await self._attempt(client, payload)
-                criteria, flags = parse_verdict(content, self.rubric)
-                return JudgeVerdict(criteria=criteria, flags=flags, raw=self._redact(content))
-            except VerdictError as err:
-                error = self._redact(f"bad verdict: {err}")
-            except _Retryable as err:
-                error = self._redact(str(err))
-            except _Fatal as err:
-                return self._fail(item, str(err))
-        return self._fail(item, error)
-
-    def _build_or_fail(self, item: JudgeInput) -> bytes:
+    def _verdict(self, content: str) -> JudgeVerdict:
         try:
-            return self._payload(item)
-        except Exception as err:  # an unreadable image, say: retrying would not help
-            raise _Fatal(f"bad input: {type(err).__name__}: {err}"[:_DETAIL_CHARS]) from None
+            criteria, flags = parse_verdict(content, self.rubric)
+        except VerdictError as err:
+            raise ReplyError(f"bad verdict: {err}") from None
+        return JudgeVerdict(criteria=criteria, flags=flags, raw=self.client.redact(content))
 
-    async def _post(self, client: httpx.AsyncClient, payload: bytes) -> httpx.Response:
-        """`client.post`, letting one request at a time into the connection pool.
-
-        httpcore (1.0.x) assigns every request queued in one pass to the *same* first idle connection;
-        all but one then fail over and re-queue, so a burst of k requests (a wave of responses arriving
-        together frees k slots) costs O(k^2) pool passes. At concurrency 64 that stalled the second wave
-        by ~0.4 s and cost ~10% of throughput. The gate is released at the request's first trace event,
-        when it owns a connection (a new one connecting, or an idle one it has marked active); the
-        semaphore keeps a connection free for every gate holder, so it is held only briefly.
-        """
-        gate = self._gate
-        assert gate is not None
-        await gate.acquire()
-        held = True
-
-        async def trace(event: str, info: dict[str, Any]) -> None:
-            nonlocal held
-            if held:
-                held = False
-                gate.release()
-
+    async def _judge_one(self, item: JudgeInput) -> JudgeVerdict:
         try:
-            return await client.post(
-                self._url, content=payload, headers=self._headers(), extensions={"trace": trace}
-            )
-        finally:
-            if held:
-                held = False
-                gate.release()
-
-    async def _attempt(self, client: httpx.AsyncClient, payload: bytes) -> str:
-        """One POST; the answer's text, or `_Retryable` / `_Fatal` with a short cause."""
-        self.stats["requests"] += 1
-        try:
-            resp = await self._post(client, payload)
-        except httpx.TimeoutException as err:
-            raise _Retryable(f"timeout after {self.timeout_s:g}s ({type(err).__name__})") from None
-        except httpx.TransportError as err:
-            raise _Retryable(f"connection failed: {type(err).__name__}: {err}"[:_DETAIL_CHARS]) from None
-        except httpx.HTTPError as err:  # e.g. a body that fails to decode
-            raise _Retryable(f"request failed: {type(err).__name__}: {err}"[:_DETAIL_CHARS]) from None
-        if resp.status_code != 200:
-            detail = resp.text.strip().replace("\n", " ")
-            message = f"http {resp.status_code}: {detail}"[:_DETAIL_CHARS]
-            if resp.status_code >= 500 or resp.status_code == 429:
-                raise _Retryable(message)
-            raise _Fatal(message)
-        try:
-            content = resp.json()["choices"][0]["message"]["content"]
-        except (ValueError, LookupError, TypeError) as err:
-            raise _Retryable(f"bad response: not a chat completion ({type(err).__name__})") from None
-        return content if isinstance(content, str) else ""
-
-    def _fail(self, item: JudgeInput, error: str) -> JudgeVerdict:
-        error = self._redact(error)
-        self.stats["failures"] += 1
-        self.last_error = error
-        log.warning("judge %s failed on %s: %s", self.name, item.id, error)
-        return JudgeVerdict(error=error)
+            return await self.client.complete(lambda: self._payload(item), self._verdict, str(item.id))
+        except ChatFailure as err:
+            return JudgeVerdict(error=str(err))

@@ -1,6 +1,7 @@
 """`python -m saferl.srpo pairs +exp=NAME [overrides]`, then `python -m saferl.srpo train +exp=NAME`.
 
-`pairs` samples the experiment's policy (or `saferl.srpo.pairs.policies`) on a split of `saferl.data.dir`,
+`pairs` samples the policy SRPO starts from (`saferl.srpo.policy`, else the experiment's; or
+`saferl.srpo.pairs.policies`) on a split of `saferl.data.dir`,
 judges every answer and writes `saferl.srpo.pairs_file` with a manifest beside it; `train` runs DPO from the
 experiment's policy on that file and writes `saferl.srpo.output_dir/model`.
 """
@@ -20,15 +21,22 @@ from saferl.train import CONF_DIR, prepare_policy, run_directory
 logger = logging.getLogger("saferl.srpo")
 
 
+def starting_policy(cfg: DictConfig) -> str:
+    """`saferl.srpo.policy`, or the experiment's policy after the stages before SRPO."""
+    if cfg.saferl.srpo.policy:
+        return str(cfg.saferl.srpo.policy)
+    prepare_policy(cfg, run_directory(cfg), through="warm_start")
+    return str(cfg.actor_rollout_ref.model.path)
+
+
 def run_pairs(cfg: DictConfig) -> Path:
     """The pairs, sampled (for contrastive mining) from the policy SRPO starts from."""
     from saferl.srpo.stage import build_pairs
 
-    run_dir = run_directory(cfg)
+    run_directory(cfg)
     policies = []
     if CONTRASTIVE in cfg.saferl.srpo.pairs.sources and not cfg.saferl.srpo.pairs.policies:
-        prepare_policy(cfg, run_dir, through="warm_start")
-        policies = [str(cfg.actor_rollout_ref.model.path)]
+        policies = [starting_policy(cfg)]
     return build_pairs(cfg, policies)
 
 
@@ -36,9 +44,8 @@ def run_train(cfg: DictConfig) -> Path:
     """DPO from the policy SRPO starts from, on the pairs file."""
     from saferl.srpo.stage import train
 
-    run_dir = run_directory(cfg)
-    prepare_policy(cfg, run_dir, through="warm_start")
-    return train(cfg, str(cfg.actor_rollout_ref.model.path))
+    run_directory(cfg)
+    return train(cfg, starting_policy(cfg))
 
 
 RUNNERS = {"pairs": run_pairs, "train": run_train}

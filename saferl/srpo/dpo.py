@@ -108,6 +108,7 @@ def dpo_args(cfg: DictConfig, output_dir: Path) -> Any:
         seed=int(cfg.seed),
         data_seed=int(cfg.seed),
         use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),  # mixed precision on GPUs
         report_to="none",
         save_strategy="no",
         logging_steps=1,
@@ -150,7 +151,11 @@ def train_dpo(
         )
         trainer.train()
     history = [h for h in trainer.state.log_history if "loss" in h]
-    model = trainer.model.eval()
+    accelerator = trainer.accelerator
+    if not accelerator.is_main_process:  # under `accelerate launch`, one process writes the checkpoint
+        accelerator.wait_for_everyone()
+        return out, history
+    model = accelerator.unwrap_model(trainer.model).eval()
     model.config, model.generation_config = config, generation_config
     save_vlm(model, processor, out)
     check_checkpoint_dir(out)
@@ -167,4 +172,5 @@ def train_dpo(
         )
         + "\n"
     )
+    accelerator.wait_for_everyone()
     return out, history

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .pairs import CONTRASTIVE, Candidate, pair_row, pick_pair
+from .pairs import CONTRASTIVE, Candidate, judgement_record, pair_row, pick_pair
 
 logger = logging.getLogger("saferl.srpo")
 
@@ -53,21 +52,9 @@ def read_cache(path: Path) -> dict[str, list[Candidate]]:
             logger.warning("%s: an unreadable line (a run killed mid-write) is mined again", path)
             continue
         done[entry["sample_id"]] = [
-            Candidate(c["text"], float(c["score"]), c["criteria"], tuple(c["flags"]), entry["policy"])
-            for c in entry["candidates"]
+            Candidate.from_judgement(c["text"], c, entry["policy"]) for c in entry["candidates"]
         ]
     return done
-
-
-def _candidate_json(sample: Any, text: str) -> dict[str, Any]:
-    score = float(sample.score)
-    return {
-        "text": text,
-        "score": score if math.isfinite(score) else float("nan"),
-        "criteria": dict(sample.criteria),
-        "flags": list(sample.flags),
-        "judge_error": sample.judge_error,
-    }
 
 
 def mine_policy(
@@ -127,13 +114,12 @@ def mine_policy(
                 entry = {
                     "sample_id": example.row["sample_id"],
                     "policy": policy,
-                    "candidates": [_candidate_json(next(scored), text) for text, _ in rs],
+                    "candidates": [{"text": text, **judgement_record(next(scored))} for text, _ in rs],
                 }
                 counts["judge_failures"] += sum(c["judge_error"] is not None for c in entry["candidates"])
                 out.write(json.dumps(entry) + "\n")
                 done[entry["sample_id"]] = [
-                    Candidate(c["text"], c["score"], c["criteria"], tuple(c["flags"]), policy)
-                    for c in entry["candidates"]
+                    Candidate.from_judgement(c["text"], c, policy) for c in entry["candidates"]
                 ]
             out.flush()
             counts["generated_prompts"] += len(chunk)

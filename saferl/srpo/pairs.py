@@ -10,7 +10,9 @@ Sources (each optional, and counted in the manifest by category and label):
 - `contrastive` (saferl/srpo/mining.py): K answers per prompt from one or more policies; the best answer
   that passes the safety gate is chosen, the worst is rejected;
 - `reflection` (saferl/srpo/reflections.py): a training run's judged-safe corrections over the unsafe
-  attempts they corrected, from its reflection log.
+  attempts they corrected, from its reflection log;
+- `adversarial` (saferl/srpo/adversarial.py): the row's reference over a safety-attenuated reasoning that
+  a generator model writes for a bad conclusion, kept only when the judge agrees it is worse.
 
 The pairs file is a parquet with the prompt's image bytes, question, label and category, so DPO renders the
 prompt exactly as RL does (saferl/srpo/dpo.py). `validate_pairs` names the file and row of a bad pair.
@@ -23,7 +25,7 @@ import io
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,8 @@ from rewards.rubric import POINTS, SAFETY
 
 CONTRASTIVE = "contrastive"
 REFLECTION = "reflection"
-SOURCES = (CONTRASTIVE, REFLECTION)
+ADVERSARIAL = "adversarial"
+SOURCES = (CONTRASTIVE, REFLECTION, ADVERSARIAL)
 LABELS = ("safe", "unsafe")
 HELPFULNESS = "helpfulness"
 REASONING = "reasoning_coherence"
@@ -69,6 +72,31 @@ class Candidate:
     @property
     def failed(self) -> bool:
         return not math.isfinite(self.score)
+
+    @classmethod
+    def from_judgement(cls, text: str, judgement: Mapping[str, Any], policy: str = "") -> Candidate:
+        """From a stored verdict (`judgement_record`'s keys, as the caches and the reflection log hold
+        them); a failed judgement, or none, gives a NaN score, which every ranking leaves out."""
+        score = judgement.get("score")
+        failed = judgement.get("judge_error") or score is None or not math.isfinite(float(score))
+        return cls(
+            text,
+            float("nan") if failed else float(score),
+            dict(judgement.get("criteria") or {}),
+            tuple(judgement.get("flags") or ()),
+            policy,
+        )
+
+
+def judgement_record(scored: Any) -> dict[str, Any]:
+    """A `rewards.scorer.ScoredSample` as the caches store it (what `Candidate.from_judgement` reads)."""
+    score = float(scored.score)
+    return {
+        "score": score if math.isfinite(score) else None,
+        "criteria": dict(scored.criteria),
+        "flags": list(scored.flags),
+        "judge_error": scored.judge_error,
+    }
 
 
 def passes_safety_gate(candidate: Candidate, threshold: float, safety_scale: float = POINTS) -> bool:

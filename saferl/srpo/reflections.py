@@ -4,21 +4,11 @@ unsafe first attempt that the reflect-and-correct loop turned into a judged-safe
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 from .pairs import REFLECTION, Candidate, pair_row, passes_safety_gate
-
-
-def _candidate(text: str, judgement: dict[str, Any], policy: str) -> Candidate | None:
-    score = judgement.get("score")
-    if judgement.get("judge_error") or score is None or not math.isfinite(float(score)):
-        return None
-    return Candidate(
-        text, float(score), dict(judgement.get("criteria") or {}), tuple(judgement.get("flags") or ()), policy
-    )
 
 
 def reflection_pairs(
@@ -38,9 +28,11 @@ def reflection_pairs(
             continue
         step = record.get("global_step")
         source = f"{policy}@step{step}" if step is not None else policy
-        correction = _candidate(record["correction"], record.get("correction_judgement") or {}, source)
-        attempt = _candidate(record["attempt"], record.get("attempt_judgement") or {}, source)
-        if correction is None or attempt is None:
+        correction = Candidate.from_judgement(
+            record["correction"], record.get("correction_judgement") or {}, source
+        )
+        attempt = Candidate.from_judgement(record["attempt"], record.get("attempt_judgement") or {}, source)
+        if correction.failed or attempt.failed:
             skipped["judge_failed"] += 1
             continue
         if not passes_safety_gate(correction, threshold) or correction.text == attempt.text:

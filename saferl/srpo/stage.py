@@ -32,7 +32,8 @@ def build_pairs(cfg: DictConfig, policies: list[str]) -> Path:
 
     from rollout import reflection_log
 
-    from .pairs import CONTRASTIVE, MANIFEST_FILE, REFLECTION, SOURCES, manifest, write_pairs
+    from . import adversarial
+    from .pairs import ADVERSARIAL, CONTRASTIVE, MANIFEST_FILE, REFLECTION, SOURCES, manifest, write_pairs
     from .reflections import reflection_pairs
 
     start = time.perf_counter()
@@ -65,11 +66,16 @@ def build_pairs(cfg: DictConfig, policies: list[str]) -> Path:
         found, skipped[REFLECTION] = reflection_pairs(rows_by_id, records, threshold, policy=str(log_dir))
         counts["reflection_records"] = len(records)
         rows += found
+    if ADVERSARIAL in sources:
+        found, skipped[ADVERSARIAL], adv_counts = adversarial.build(cfg, rows_by_id, pairs_file.parent)
+        counts.update(adv_counts)
+        rows += found
     write_pairs(rows, pairs_file)
     summary = {
         **manifest(rows),
         "skipped": {source: dict(reasons) for source, reasons in skipped.items()},
         "policies": policies if CONTRASTIVE in sources else [],
+        "generator": adversarial.config_summary(srpo.pairs.adversarial) if ADVERSARIAL in sources else None,
         "counts": dict(counts),
         "wall_s": round(time.perf_counter() - start, 1),
         "peak_rss_gib": round(peak_rss_gib(), 2),
@@ -77,7 +83,7 @@ def build_pairs(cfg: DictConfig, policies: list[str]) -> Path:
     (pairs_file.parent / MANIFEST_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     print(
         f"saferl.srpo: {summary['pairs']} pairs ({summary['by_source'] or 'none'}; skipped "
-        f"{summary['skipped']}; judge failures {counts['judge_failures']}) -> {pairs_file}",
+        f"{summary['skipped']}; judge failures {counts['judge_failures']}; generator failures {counts['generator_failures']}) -> {pairs_file}",
         flush=True,
     )
     return pairs_file
@@ -146,6 +152,10 @@ def train(cfg: DictConfig, policy: str) -> Path:
         print(f"saferl.srpo: DPO output {out} is up to date (fingerprint {key[:12]})", flush=True)
         return out
     out, history = train_dpo(policy, srpo.pairs_file, srpo.dpo, out, data_config=cfg.data, fingerprint=key)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # `accelerate launch`: the main process logs and reports
+        return out
     margins = [h.get("rewards/margins", 0.0) for h in history]
     log = Path(srpo.output_dir) / DPO_LOG
     log.write_text("".join(json.dumps(h) + "\n" for h in history))
