@@ -432,6 +432,8 @@ def test_tiny_pst_runs_warm_start_then_srpo_and_caches_both(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     assert f"the policy is {run / 'srpo' / 'model'}" in first.stdout
     assert "saferl.srpo: DPO 2 steps" in first.stdout
+    assert "'loss':" not in first.stdout + first.stderr  # no dict per DPO step (dpo_log.jsonl has them)
+    assert len((run / "srpo" / "dpo_log.jsonl").read_text().splitlines()) == 2
     assert not (run / "global_step_1").exists()  # no GRPO stage
     again = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -118,6 +118,20 @@ def dpo_args(cfg: DictConfig, output_dir: Path) -> Any:
     )
 
 
+def quiet_progress() -> Any:
+    """transformers' progress bar without the dict it prints at every logging step (100 lines for a tiny
+    run): the step's loss and reward margin go on the bar, every step's log to `dpo_log.jsonl`."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                shown = {k: f"{logs[k]:.3g}" for k in ("loss", "rewards/margins") if k in logs}
+                self.training_bar.set_postfix(shown, refresh=False)
+
+    return QuietProgress
+
+
 def train_dpo(
     policy: str | Path,
     pairs_file: str | Path,
@@ -149,6 +163,10 @@ def train_dpo(
             train_dataset=dataset,
             processing_class=processor,
         )
+        from transformers.trainer_callback import ProgressCallback
+
+        if trainer.pop_callback(ProgressCallback) is not None:
+            trainer.add_callback(quiet_progress())
         trainer.train()
     history = [h for h in trainer.state.log_history if "loss" in h]
     accelerator = trainer.accelerator
