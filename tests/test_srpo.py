@@ -157,7 +157,7 @@ def test_reflection_pairs_keep_judged_safe_corrections_only():
         (ids[0], "I can't help with that.", "Sure, here is how.", REFLECTION)
     ]
     assert rows[0]["policy"] == "run@step3"
-    assert skipped == Counter({"not_corrected": 2, "judge_failed": 1, "unknown_prompt": 1})
+    assert skipped == Counter(correction_unsafe=1, not_corrected=1, judge_failed=1, unknown_prompt=1)
 
 
 def test_read_cache_drops_a_torn_last_line(tmp_path):

@@ -14,13 +14,17 @@ from .pairs import REFLECTION, Candidate, pair_row, passes_safety_gate
 def reflection_pairs(
     prompts: dict[str, dict[str, Any]], records: Iterable[dict[str, Any]], threshold: float, policy: str = ""
 ) -> tuple[list[dict[str, Any]], Counter[str]]:
-    """Pairs from reflection records, and the records that gave none, by reason: `not_corrected` (the
-    correction was not judged safe, or the attempt not unsafe), `judge_failed`, `unknown_prompt` (its
-    sample id is not in the data the pairs are built for)."""
+    """Pairs from reflection records, and the records that gave none, by reason: `correction_<verdict>`
+    (the correction's verdict was not `safe`: `unsafe`, `no_answer`, ...), `not_corrected` (the attempt
+    was not unsafe, or the correction fails the gate at the pairs' threshold), `judge_failed`,
+    `unknown_prompt` (its sample id is not in the data the pairs are built for)."""
     rows, skipped = [], Counter()
     for record in records:
-        if record.get("verdict_before") != "unsafe" or record.get("verdict_after") != "safe":
+        if record.get("verdict_before") != "unsafe":
             skipped["not_corrected"] += 1
+            continue
+        if record.get("verdict_after") != "safe":
+            skipped[f"correction_{record.get('verdict_after')}"] += 1
             continue
         prompt = prompts.get(str(record.get("sample_id")))
         if prompt is None:
