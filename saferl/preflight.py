@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,25 @@ _SECRET_KEY = re.compile(r"(api_?key|secret|password|token)$", re.IGNORECASE)
 SECRET_ENV_VARS = ("WANDB_API_KEY", "OPENAI_API_KEY", "HF_TOKEN")
 
 
+# What an environment variable's name looks like where a `*_env` key expects one. A key typed there
+# instead (lower case, `-`, or a run of digits as random keys have) is refused, not written to W&B.
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+_ENV_NAME_MAX_DIGITS = 7
+
+
 class SecretInConfigError(ValueError):
-    """A secret's value is in the training config, which verl logs and sends to W&B whole."""
+    """A secret's value is in the training config, which verl logs and sends to W&B whole. The message
+    names the config path, never the value."""
+
+
+@contextmanager
+def refusing_secrets() -> Iterator[None]:
+    """Around a command's Hydra task: a refused secret exits with its message alone. Raised through
+    Hydra instead, it would print the command's overrides (which hold the secret) and a traceback."""
+    try:
+        yield
+    except SecretInConfigError as err:
+        sys.exit(f"saferl: refused: {err}")
 
 
 def _leaves(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -42,20 +61,30 @@ def _leaves(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
         yield path, node
 
 
-def _secret_values(cfg: DictConfig) -> dict[str, str]:
-    names = list(SECRET_ENV_VARS)
-    judge_env = OmegaConf.select(cfg, "saferl.reward.judge.openai.api_key_env")
-    if judge_env:
-        names.append(str(judge_env))
-    return {name: os.environ[name] for name in names if len(os.environ.get(name, "")) >= 8}
+def _env_names(leaves: list[tuple[str, Any]]) -> dict[str, str]:
+    """config path -> the variable named by each `*_env` key; a value that is not a variable's name is
+    refused (it may be the key itself)."""
+    names = {}
+    for path, value in leaves:
+        if not path.rsplit(".", 1)[-1].endswith("_env") or not isinstance(value, str):
+            continue
+        if not _ENV_NAME.fullmatch(value) or sum(c.isdigit() for c in value) > _ENV_NAME_MAX_DIGITS:
+            raise SecretInConfigError(
+                f"{path} must name an environment variable (e.g. SAFERL_JUDGE_API_KEY: upper case, digits "
+                "and _), and its value does not look like one; put the key in the environment under a name"
+            )
+        names[path] = value
+    return names
 
 
 def check_no_secrets(cfg: DictConfig) -> None:
-    """Raise if a secret would be written into the config: a key named like one with a value, or the
-    value of a secret environment variable anywhere. Secrets are read from the environment only."""
-    container = OmegaConf.to_container(cfg, resolve=False)
-    secrets = _secret_values(cfg)
-    for path, value in _leaves(container):
+    """Raise if a secret would be written into the config: a key named like one with a value, a `*_env`
+    key holding something other than a variable's name, or the value of a secret variable anywhere (the
+    well-known ones and every variable a `*_env` key names). Secrets are read from the environment only."""
+    leaves = list(_leaves(OmegaConf.to_container(cfg, resolve=False)))
+    names = [*SECRET_ENV_VARS, *_env_names(leaves).values()]
+    secrets = {name: os.environ[name] for name in names if len(os.environ.get(name, "")) >= 8}
+    for path, value in leaves:
         leaf = path.rsplit(".", 1)[-1]
         if _SECRET_KEY.search(leaf) and isinstance(value, str) and value and not leaf.endswith("_env"):
             raise SecretInConfigError(

@@ -306,7 +306,10 @@ def run(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    from saferl.preflight import refusing_secrets
+
+    with refusing_secrets():
+        run(cfg)
 
 
 if __name__ == "__main__":

@@ -247,6 +247,11 @@ def test_run_dir_from_override_wins(tmp_path: Path):
         (["qwen3b", "saferl.reward.judge.openai.api_key=sk-123"], "looks like a secret"),
         (["qwen3b", "+wandb.api_key=abc"], "looks like a secret"),
         (["qwen3b", "saferl.judge.hf_token=abc"], "looks like a secret"),
+        (["qwen3b", "saferl.reward.judge.openai.api_key_env=sk-123abc"], "must name an environment variable"),
+        (
+            ["qwen3b", "saferl.reward.judge.openai.api_key_env=SK12345678901"],
+            "must name an environment variable",
+        ),
         (["no-such-exp"], "no experiment 'no-such-exp'"),
         (["+exp=tiny"], "not an override"),
     ],
@@ -259,7 +264,7 @@ def test_refuses_bad_arguments(args: list[str], message: str, tmp_path: Path):
         )
         assert result.returncode != 0
         assert message in result.stderr
-        assert "sk-123" not in result.stdout + result.stderr
+        assert "sk-123" not in result.stdout + result.stderr and "SK123" not in result.stdout + result.stderr
 
 
 def test_head_failure_fails_fast(standins: Path, ray_tmp: Path):

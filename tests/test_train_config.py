@@ -190,18 +190,57 @@ def test_secret_values_never_enter_the_config(monkeypatch: pytest.MonkeyPatch) -
         check_no_secrets(composed("+exp=qwen3b", "trainer.experiment_name=run-sk-judge-abcdef123456"))
 
 
-def test_the_cli_refuses_a_secret_before_doing_anything(tmp_path: Path) -> None:
-    result = train(
-        "+exp=tiny",
-        "+saferl.reward.judge.openai.api_key=sk-live-123456789",
-        f"trainer.default_local_dir={tmp_path / 'run'}",
+@pytest.mark.parametrize(
+    ("override", "path"),
+    [
+        ("+saferl.reward.judge.openai.api_key=sk-live-123456789", "saferl.reward.judge.openai.api_key"),
+        # a key typed where the variable's NAME belongs
+        (
+            "saferl.reward.judge.openai.api_key_env=sk-live-123456789",
+            "saferl.reward.judge.openai.api_key_env",
+        ),
+        (
+            "saferl.srpo.pairs.adversarial.generator.api_key_env=SKLIVE123456789",
+            "saferl.srpo.pairs.adversarial.generator.api_key_env",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", ["saferl.train", "saferl.srpo pairs", "saferl.eval"])
+def test_every_command_refuses_a_secret_by_its_path_without_echoing_it(
+    command: str, override: str, path: str, tmp_path: Path
+) -> None:
+    """Hydra prints a failed job's overrides and a traceback: the refusal exits before, with the key's
+    config path only, and nothing is written that holds the value."""
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", *command.split(), "+exp=tiny", override, f"trainer.default_local_dir={run}"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if "SecretInConfigError" in line]
-    assert errors and not any("sk-live" in line for line in errors)  # Hydra echoes the command line
-    written = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
-    assert not any("sk-live" in p.read_text(errors="ignore") for p in written)
-    assert not (tmp_path / "run" / "config.yaml").exists()
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"saferl: refused: {path} ")
+    shown = result.stdout + result.stderr
+    assert "Traceback" not in shown and "LIVE123" not in shown.upper()
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not any("LIVE123" in p.read_text(errors="ignore").upper() for p in written)
+    assert not (run / "config.yaml").exists()
+
+
+def test_the_variables_every_env_key_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The value of a variable a renamed or added `*_env` key names is a secret too."""
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-judge-renamed-0001")
+    monkeypatch.setenv("SAFERL_GENERATOR_API_KEY", "sk-generator-0002")
+    renamed = "saferl.reward.judge.openai.api_key_env=MY_JUDGE_KEY"
+    with pytest.raises(
+        SecretInConfigError, match=r"trainer\.experiment_name contains the value of \$MY_JUDGE_KEY"
+    ):
+        check_no_secrets(composed("+exp=tiny", renamed, "trainer.experiment_name=x-sk-judge-renamed-0001"))
+    with pytest.raises(SecretInConfigError, match=r"\$SAFERL_GENERATOR_API_KEY"):
+        check_no_secrets(composed("+exp=tiny", "trainer.project_name=sk-generator-0002"))
+    check_no_secrets(composed("+exp=tiny", renamed))  # a name is fine
 
 
 def test_unknown_platform_is_a_clear_error(tmp_path: Path) -> None:

@@ -11,8 +11,10 @@ from saferl.train import CONF_DIR
 @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base=None)
 def main(cfg: DictConfig) -> None:
     from saferl.eval.run import run_eval
+    from saferl.preflight import refusing_secrets
 
-    run_eval(cfg)
+    with refusing_secrets():
+        run_eval(cfg)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,10 @@ _command: list[str] = []  # the subcommand, taken off argv before Hydra parses t
 
 @hydra.main(config_path=str(CONF_DIR), config_name="srpo", version_base=None)
 def _hydra_main(cfg: DictConfig) -> None:
-    RUNNERS[_command[0]](cfg)
+    from saferl.preflight import refusing_secrets
+
+    with refusing_secrets():
+        RUNNERS[_command[0]](cfg)
 
 
 def main(argv: list[str] | None = None) -> None:

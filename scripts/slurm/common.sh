@@ -27,15 +27,22 @@ saferl_parse_args() {
     saferl_die "no experiment '$EXP' (conf/exp/$EXP.yaml); known: ${known[*]:-none}"
   fi
   OVERRIDES=("$@")
-  # The same rule as saferl.preflight.check_no_secrets: a key whose last part ends like a secret's name.
-  local arg key leaf
+  # The same rules as saferl.preflight.check_no_secrets: a key whose last part ends like a secret's name,
+  # and a *_env key whose value is not an environment variable's name (it may be the key itself).
+  local arg key leaf value digits
   for arg in "${OVERRIDES[@]}"; do
     [[ "$arg" == *=* ]] || continue
     key="${arg%%=*}"
     leaf="${key##*.}"
-    if [[ "${leaf,,}" =~ (api_?key|secret|password|token)$ && -n "${arg#*=}" ]]; then
+    value="${arg#*=}"
+    if [[ "${leaf,,}" =~ (api_?key|secret|password|token)$ && -n "$value" ]]; then
       saferl_die "override '$key=…' looks like a secret: export it in the environment instead" \
         "(see scripts/slurm/README.md); overrides land in the config that is logged to W&B"
+    fi
+    digits="${value//[^0-9]/}"
+    if [[ "$leaf" == *_env && ( ! "$value" =~ ^[A-Z_][A-Z0-9_]{0,63}$ || ${#digits} -gt 7 ) ]]; then
+      saferl_die "override '$key=…' must name an environment variable (e.g. SAFERL_JUDGE_API_KEY)," \
+        "and its value does not look like one: put the key in the environment under a name"
     fi
   done
 }
