@@ -41,12 +41,15 @@ class SecretInConfigError(ValueError):
 
 
 @contextmanager
-def refusing_secrets() -> Iterator[None]:
-    """Around a command's Hydra task: a refused secret exits with its message alone. Raised through
-    Hydra instead, it would print the command's overrides (which hold the secret) and a traceback."""
+def refusing_bad_input() -> Iterator[None]:
+    """Around a command's Hydra task: a refused secret or refused data exits with its message alone.
+    Raised through Hydra instead, it would print the command's overrides (which may hold the secret)
+    and a traceback that buries the validator's report."""
+    from saferl.data.validate import DataError
+
     try:
         yield
-    except SecretInConfigError as err:
+    except (SecretInConfigError, DataError) as err:
         sys.exit(f"saferl: refused: {err}")
 
 

@@ -116,7 +116,8 @@ def prepare_policy(cfg: DictConfig, run_dir: Path, through: str = "srpo") -> Pat
         if not source.is_dir():
             raise FileNotFoundError(f"saferl.data.dir={source}: no such directory")
         out = run_dir / "data"
-        counts = convert_dataset(source, out, val_agent_loop=cfg.saferl.val_agent_loop)
+        rejects = out / "rejects" if cfg.saferl.data.drop_bad_rows else None
+        counts = convert_dataset(source, out, val_agent_loop=cfg.saferl.val_agent_loop, rejects_dir=rejects)
         missing = [split for split in ("train", "val") if split not in counts]
         if missing:
             raise FileNotFoundError(f"saferl.data.dir={source}: no rows of split {' or '.join(missing)}")
@@ -306,9 +307,9 @@ def run(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from saferl.preflight import refusing_secrets
+    from saferl.preflight import refusing_bad_input
 
-    with refusing_secrets():
+    with refusing_bad_input():
         run(cfg)
 
 

@@ -124,3 +124,67 @@ def test_schema_round_trips_through_parquet(tmp_path: Path) -> None:
 def test_missing_path_is_an_error_not_a_pass(tmp_path: Path) -> None:
     result = _cli("validate", str(tmp_path / "nope"))
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def _rows(n: int = 4) -> list[dict]:
+    return pq.read_table(SAMPLE / "val.parquet").to_pylist()[:n]
+
+
+def test_image_column_forms_are_accepted_or_named(tmp_path: Path) -> None:
+    """`datasets` writes images as `{bytes, path}` structs: a real input format, validated and converted
+    as bytes. A path, text, a struct without bytes or a number is named, never a traceback."""
+    rows = _rows(2)
+    hf = [{**r, "image": {"bytes": r["image"], "path": "x.png"}} for r in rows]
+    pq.write_table(pa.Table.from_pylist(hf), tmp_path / "hf.parquet")
+    assert validate(tmp_path / "hf.parquet").ok
+    from saferl.data.validate import read_rows
+
+    assert [r["image"] for r in read_rows(tmp_path / "hf.parquet")] == [r["image"] for r in rows]
+    cases = {
+        "path.parquet": ("images/cat.png", "image is a string ('images/cat.png')"),
+        "nobytes.parquet": (
+            {"bytes": None, "path": "cat.png"},
+            "image struct holds a path ('cat.png') but no bytes",
+        ),
+        "number.parquet": (7, "image is a int"),
+    }
+    for name, (value, reason) in cases.items():
+        pq.write_table(pa.Table.from_pylist([{**rows[0], "image": value}]), tmp_path / name)
+        result = _cli("validate", str(tmp_path / name))
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"id {rows[0]['id']!r}: {reason}" in result.stdout, result.stdout
+
+
+def test_an_unreadable_file_is_named_not_a_traceback(tmp_path: Path) -> None:
+    good = tmp_path / "good.parquet"
+    pq.write_table(rows_to_table(_rows(2)), good)
+    (tmp_path / "truncated.parquet").write_bytes(good.read_bytes()[:-200])
+    (tmp_path / "text.parquet").write_text("id,question\n1,hi\n")
+    result = _cli("validate", str(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    for name in ("truncated.parquet", "text.parquet"):
+        assert any(
+            name in line and "not a readable parquet file" in line for line in result.stdout.splitlines()
+        )
+    assert "validated 2 rows in 3 file(s): 2 unreadable file(s)" in result.stdout
+
+
+def test_image_objects_are_checked(tmp_path: Path) -> None:
+    """A string column (JSON text, as verl-format rows carry it) or objects without the schema's shape
+    used to validate as "all good"."""
+    cases = {
+        "text": (
+            '[{"name": "knife"}]',
+            "image_objects is a str, expected a list of {name, attributes, text}",
+        ),
+        "noname": ([{"name": "", "attributes": [], "text": None}], "image_objects[0] has no name"),
+        "attrs": (
+            [{"name": "car", "attributes": "red", "text": None}],
+            "image_objects[0].attributes is not a list of strings",
+        ),
+    }
+    for name, (value, reason) in cases.items():
+        rows = [{**r, "image_objects": value} for r in _rows(2)]
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / f"{name}.parquet")
+        problems = validate(tmp_path / f"{name}.parquet").problems
+        assert [p.reasons for p in problems] == [[reason], [reason]], name

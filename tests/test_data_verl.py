@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
@@ -96,3 +100,73 @@ def test_dataset_names_a_row_without_a_label(verl_dir: Path, tiny_model_dir: Pat
     processor, _ = load_vlm(tiny_model_dir)
     with pytest.raises(DatasetFormatError, match=r"row 3 \(id 'synthetic:"):
         QISafeDataset(str(tmp_path / "bad.parquet"), processor.tokenizer, _config(), processor=processor)
+
+
+def _bad_copy(tmp_path: Path) -> tuple[Path, list[str]]:
+    """The sample's val split with an unknown label, a truncated image, a missing category and a null
+    split: the rows the converter used to pass with exit 0 (or crash on, for the null split)."""
+    rows = pq.read_table(SAMPLE / "val.parquet").to_pylist()
+    rows[0]["safety_label"] = "harmful"
+    rows[1]["image"] = rows[1]["image"][:300]
+    rows[2]["category"] = None
+    rows[3]["split"] = None
+    src = tmp_path / "src"
+    src.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), src / "val.parquet")
+    return src, [r["id"] for r in rows[:4]]
+
+
+def test_to_verl_refuses_bad_rows_with_the_validators_report(tmp_path: Path) -> None:
+    src, bad = _bad_copy(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "saferl.data", "to-verl", str(src), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "4 bad" in result.stderr and all(f"id {i!r}" in result.stderr for i in bad)
+    assert "drop_bad_rows" in result.stderr
+    assert not (tmp_path / "out" / "val.parquet").exists()  # nothing converted
+
+
+def test_to_verl_drops_bad_rows_only_when_asked_and_keeps_them(tmp_path: Path) -> None:
+    src, bad = _bad_copy(tmp_path)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "saferl.data", "to-verl", str(src), str(out), "--drop-bad-rows"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    total = pq.read_table(src / "val.parquet").num_rows
+    converted = pq.read_table(out / "val.parquet").to_pylist()
+    rejects = pq.read_table(out / "rejects" / "val.rejects.parquet").to_pylist()
+    assert len(converted) == total - 4 and [r["id"] for r in rejects] == bad  # nothing lost
+    assert all(r["reject_reasons"] for r in rejects)
+    assert not set(bad) & {r["extra_info"]["id"] for r in converted}
+
+
+def test_training_refuses_bad_data_before_anything_starts(tmp_path: Path) -> None:
+    src, bad = _bad_copy(tmp_path)
+    pq.write_table(pq.read_table(SAMPLE / "train.parquet"), src / "train.parquet")
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saferl.train",
+            "+exp=tiny",
+            f"saferl.data.dir={src}",
+            f"trainer.default_local_dir={run}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "saferl: refused:" in result.stderr and all(f"id {i!r}" in result.stderr for i in bad)
+    assert not (run / "data" / "train.parquet").exists() and not (run / "warm_start").exists()

@@ -52,3 +52,26 @@ def test_the_records_of_redone_steps_are_removed(tmp_path: Path) -> None:
     for folder in ("val_samples", "validations"):
         assert sorted(p.name for p in (run / folder).iterdir()) == ["step_0.jsonl", "step_2.jsonl"]
     assert trim_after(run, 1) is False  # no validation at step 1: the resumed launch validates there
+
+
+def test_killed_during_a_validation_before_its_checkpoint_each_log_holds_each_step_once(
+    tmp_path: Path,
+) -> None:
+    """Step 4 is recorded (its data order, its training metrics, its validation samples) and the kill comes
+    during its validation, before its checkpoint: the resumed launch (from step 2, the newest checkpoint)
+    redoes steps 3 and 4, so every log is cut back to step 2, counted line by line."""
+    run = _run_dir(tmp_path, [1, 2], {0: VAL, 1: TRAIN, 2: TRAIN + VAL, 3: TRAIN, 4: TRAIN})
+    assert resume_point(run, 2) == 2
+    trim_after(run, 2)
+    metric_steps = [
+        json.loads(x)["step"] for x in (run / "metrics" / "from_step_0.jsonl").read_text().splitlines()
+    ]
+    order_steps = [json.loads(x)["step"] for x in (run / "data_order.jsonl").read_text().splitlines()]
+    assert metric_steps == [0, 1, 2] and order_steps == [1, 2]  # lines, not a set: a repeat would show
+    for folder in ("val_samples", "validations"):
+        assert sorted(p.name for p in (run / folder).iterdir()) == ["step_0.jsonl", "step_2.jsonl"]
+    # the resumed launch then appends steps 3 and 4 once each
+    with (run / "data_order.jsonl").open("a") as f:
+        f.writelines(json.dumps({"step": s, "sample_ids": [f"p{s}"]}) + "\n" for s in (3, 4))
+    lines = (run / "data_order.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]

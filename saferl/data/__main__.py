@@ -2,7 +2,7 @@
 
 python -m saferl.data validate PATH [--write-clean OUT]      check every row; exit 1 on any bad row
 python -m saferl.data make-sample [--out DIR] [--seed N]      regenerate the shipped synthetic sample
-python -m saferl.data to-verl SRC OUT_DIR                     convert to verl's RL parquet, per split
+python -m saferl.data to-verl SRC OUT_DIR [--drop-bad-rows]   validate, then convert to verl's RL parquet
 python -m saferl.data curate --config FILE [key=value ...]    pool, decontaminate, QI-score, select
 """
 
@@ -24,8 +24,8 @@ def _validate(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for problem in report.problems:
-        print(problem)
+    for line in report.lines():
+        print(line)
     print(report.summary())
     if args.write_clean:
         print(f"clean rows and rejects (with reasons) written to {args.write_clean}")
@@ -43,9 +43,15 @@ def _make_sample(args: argparse.Namespace) -> int:
 
 
 def _to_verl(args: argparse.Namespace) -> int:
+    from .validate import DataError
     from .verl_format import convert_dataset
 
-    counts = convert_dataset(args.src, args.out_dir)
+    rejects = args.out_dir / "rejects" if args.drop_bad_rows else None
+    try:
+        counts = convert_dataset(args.src, args.out_dir, rejects_dir=rejects)
+    except (DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(
         f"wrote verl-format parquet to {args.out_dir}: {', '.join(f'{k}.parquet ({v} rows)' for k, v in counts.items())}"
     )
@@ -88,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("to-verl", help="convert QI-Safe-10K parquet to verl's RL format, one file per split")
     p.add_argument("src", type=Path)
     p.add_argument("out_dir", type=Path)
+    p.add_argument(
+        "--drop-bad-rows",
+        action="store_true",
+        help="convert the good rows only; the bad ones go to OUT_DIR/rejects with their reasons",
+    )
     p.set_defaults(run=_to_verl)
 
     p = sub.add_parser("curate", help="run the curation pipeline")

@@ -49,3 +49,14 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     """Rows (dicts with at least the required columns) to a table with exactly ARROW_SCHEMA."""
     columns = {name: [row.get(name) for row in rows] for name in COLUMNS}
     return pa.Table.from_pydict(columns, schema=ARROW_SCHEMA)
+
+
+def image_bytes(value: Any) -> bytes | None:
+    """The encoded image an `image` cell holds: raw bytes, or the `bytes` of a Hugging Face `datasets`
+    Image struct `{bytes, path}` (what `datasets` writes to parquet). None for anything else, which the
+    validator names (`saferl.data.validate.image_problem`)."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, dict) and isinstance(value.get("bytes"), bytes | bytearray):
+        return bytes(value["bytes"])
+    return None

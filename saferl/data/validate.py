@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .schema import LABELS, REQUIRED_COLUMNS, SPLITS
+from .schema import LABELS, REQUIRED_COLUMNS, SPLITS, image_bytes
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 
@@ -55,10 +55,18 @@ class ValidationReport:
     files: list[str] = field(default_factory=list)
     rows: int = 0
     problems: list[RowProblem] = field(default_factory=list)
+    file_problems: list[str] = field(default_factory=list)  # a file that cannot be read as parquet
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.file_problems
+
+    def lines(self, limit: int | None = None) -> list[str]:
+        """The problems, files first, one per line (at most `limit` rows of them, then a count)."""
+        rows = [str(p) for p in self.problems]
+        if limit is not None and len(rows) > limit:
+            rows = [*rows[:limit], f"... and {len(rows) - limit} more bad rows"]
+        return [*self.file_problems, *rows]
 
     def reason_counts(self) -> Counter:
         # Count the kind of each reason, not its detail ("undecodable image: ..." -> "undecodable image").
@@ -69,7 +77,10 @@ class ValidationReport:
         if self.ok:
             return head + "all good"
         kinds = ", ".join(f"{n} {kind}" for kind, n in self.reason_counts().most_common())
-        return head + f"{len(self.problems)} bad ({kinds})"
+        bad = [f"{len(self.file_problems)} unreadable file(s)"] if self.file_problems else []
+        if self.problems:
+            bad.append(f"{len(self.problems)} bad ({kinds})")
+        return head + "; ".join(bad)
 
 
 def parquet_files(path: str | Path) -> list[Path]:
@@ -85,9 +96,27 @@ def parquet_files(path: str | Path) -> list[Path]:
     return [path]
 
 
+class DataError(ValueError):
+    """Data that must not be trained on; the message is the validator's report."""
+
+
+def read_table(file: Path) -> pa.Table:
+    """A parquet file, or `DataError` naming it (a truncated or non-parquet file)."""
+    try:
+        return pq.read_table(file)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{file}: not a readable parquet file ({type(err).__name__}: {err})") from None
+
+
 def read_rows(path: str | Path) -> list[dict]:
-    """Every row of every parquet file at `path` (a file or a directory), in `parquet_files` order."""
-    return [row for file in parquet_files(path) for row in pq.read_table(file).to_pylist()]
+    """Every row of every parquet file at `path` (a file or a directory), in `parquet_files` order, with
+    each Hugging Face image struct replaced by its bytes (the one image form past this point)."""
+    rows = []
+    for file in parquet_files(path):
+        for row in read_table(file).to_pylist():
+            data = image_bytes(row.get("image"))
+            rows.append({**row, "image": data} if data is not None else row)
+    return rows
 
 
 def check_image(data: bytes | None, limits: ImageLimits) -> str | None:
@@ -114,6 +143,44 @@ def check_image(data: bytes | None, limits: ImageLimits) -> str | None:
     return None
 
 
+def image_problem(value: object, limits: ImageLimits) -> str | None:
+    """The reason an `image` cell is unusable, or None: encoded bytes or a Hugging Face Image struct
+    `{bytes, path}` are checked by `check_image`; a path, text or anything else is named as such."""
+    data = image_bytes(value)
+    if data is not None or value is None:
+        return check_image(data, limits)
+    if isinstance(value, dict):
+        path = value.get("path")
+        if path:
+            return f"image struct holds a path ({str(path)[:80]!r}) but no bytes: embed the image bytes"
+        return "missing image"
+    if isinstance(value, str):
+        return f"image is a string ({value[:40]!r}), expected encoded image bytes or an image struct {{bytes, path}}"
+    return (
+        f"image is a {type(value).__name__}, expected encoded image bytes or an image struct {{bytes, path}}"
+    )
+
+
+def objects_reason(value: object) -> str | None:
+    """The reason an `image_objects` cell does not have the schema's shape (null, or a list of
+    `{name, attributes, text}`), or None; the rule judge reads these to check claims about the image."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        return f"image_objects is a {type(value).__name__}, expected a list of {{name, attributes, text}}"
+    for i, obj in enumerate(value):
+        if not isinstance(obj, dict) or not _text(obj.get("name")):
+            return f"image_objects[{i}] has no name"
+        attributes = obj.get("attributes")
+        if attributes is not None and not (
+            isinstance(attributes, list) and all(isinstance(a, str) for a in attributes)
+        ):
+            return f"image_objects[{i}].attributes is not a list of strings"
+        if obj.get("text") is not None and not isinstance(obj["text"], str):
+            return f"image_objects[{i}].text is not a string"
+    return None
+
+
 def _text(value: object) -> str:
     return value.strip() if isinstance(value, str) else ""
 
@@ -131,6 +198,10 @@ def row_reasons(row: dict, categories: frozenset[str], absent: frozenset[str] = 
             None if v in SPLITS else f"unknown split {v!r} (expected one of {', '.join(SPLITS)})"
         ),
         "source": lambda v: None if _text(v) else "empty source",
+        "image_objects": objects_reason,
+        "reference": lambda v: (
+            None if v is None or isinstance(v, str) else f"reference is a {type(v).__name__}"
+        ),
     }
     reasons = (check(row.get(column)) for column, check in checks.items() if column not in absent)
     return [r for r in reasons if r]
@@ -151,7 +222,7 @@ def validate_batch(
     good: list[bool] = []
     images = [None if "image" in missing else row.get("image") for row in rows]
     # Pillow releases the GIL while decoding, so threads decode images in parallel.
-    image_reasons = list(pool.map(lambda data: check_image(data, limits), images))
+    image_reasons = list(pool.map(lambda value: image_problem(value, limits), images))
     for offset, (row, image_reason) in enumerate(zip(rows, image_reasons, strict=True)):
         row_number = first_row + offset
         reasons = [f"missing column {c!r}" for c in missing]
@@ -192,21 +263,39 @@ def validate(
     seen_ids: dict[str, str] = {}
     out = Path(write_clean) if write_clean is not None else None
     if out is not None:
+        stems = Counter(f.stem for f in parquet_files(path))
+        clash = sorted(stem for stem, n in stems.items() if n > 1)
+        if clash:  # the clean copies are named by stem: two would overwrite each other
+            raise ValueError(
+                f"{path}: several files named {clash[0]}.parquet; --write-clean needs distinct names"
+            )
         out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for file in parquet_files(path):
             report.files.append(str(file))
-            with _Split(out, file) as split:
-                parquet = pq.ParquetFile(file)
-                missing = [c for c in REQUIRED_COLUMNS if c not in parquet.schema_arrow.names]
-                # Streamed in record batches: a 10K-row file of 512px images is over a gigabyte.
-                for batch in parquet.iter_batches(batch_size=batch_size):
-                    problems, good = validate_batch(
-                        batch.to_pylist(), report.rows, missing, str(file), categories, limits, seen_ids, pool
-                    )
-                    report.rows += batch.num_rows
-                    report.problems.extend(problems)
-                    split.write(batch, good, problems)
+            try:
+                with _Split(out, file) as split:
+                    parquet = pq.ParquetFile(file)
+                    missing = [c for c in REQUIRED_COLUMNS if c not in parquet.schema_arrow.names]
+                    # Streamed in record batches: a 10K-row file of 512px images is over a gigabyte.
+                    for batch in parquet.iter_batches(batch_size=batch_size):
+                        problems, good = validate_batch(
+                            batch.to_pylist(),
+                            report.rows,
+                            missing,
+                            str(file),
+                            categories,
+                            limits,
+                            seen_ids,
+                            pool,
+                        )
+                        report.rows += batch.num_rows
+                        report.problems.extend(problems)
+                        split.write(batch, good, problems)
+            except (pa.ArrowException, OSError) as err:  # truncated, not parquet, unreadable
+                report.file_problems.append(
+                    f"{file}: not a readable parquet file ({type(err).__name__}: {err})"
+                )
     return report
 
 

@@ -10,11 +10,14 @@ top level of each row (where the agent loop receives them as keyword arguments).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
 
 DATA_SOURCE = "qi_safe_10k"
 ABILITY = "safety"
@@ -52,11 +55,53 @@ def convert_rows(rows: Iterable[dict], prompt_template: str = DEFAULT_PROMPT_TEM
     return [to_verl_row(row, i, prompt_template) for i, row in enumerate(rows)]
 
 
+def validated_rows(src: str | Path, rejects_dir: str | Path | None = None) -> list[dict]:
+    """The rows of `src` once the validator passes them: what is converted is what was checked.
+
+    Any bad row or unreadable file raises `DataError` with the validator's report. With `rejects_dir`
+    (the user asked to drop bad rows: `saferl.data.drop_bad_rows`, `to-verl --drop-bad-rows`) the good
+    rows are returned and the bad ones written there with all their columns and reasons
+    (`<file>.rejects.parquet`, `<file>.rejects.jsonl`): dropped, never lost. An unreadable file is refused
+    either way, since none of its rows could be kept."""
+    from .validate import DataError, read_rows, validate
+
+    report = validate(src, write_clean=rejects_dir)
+    if report.file_problems or (report.problems and rejects_dir is None):
+        raise DataError(
+            "\n".join(
+                [
+                    f"{src}: {report.summary()}",
+                    *report.lines(limit=20),
+                    "Fix these rows (python -m saferl.data validate SRC --write-clean OUT writes the good rows "
+                    "and the rejects with their reasons), or train on the good rows only: "
+                    "saferl.data.drop_bad_rows=true (python -m saferl.data to-verl --drop-bad-rows).",
+                ]
+            )
+        )
+    if rejects_dir is None:
+        return read_rows(src)
+    rows = []
+    for file in report.files:
+        clean = Path(rejects_dir) / f"{Path(file).stem}.parquet"
+        rows += read_rows(clean)
+        clean.unlink()  # converted below; the rejects stay
+    if report.problems:
+        logger.warning(
+            "%s: dropped %d bad rows of %d (saferl.data.drop_bad_rows); they are in %s with their reasons",
+            src,
+            len(report.problems),
+            report.rows,
+            rejects_dir,
+        )
+    return rows
+
+
 def convert_file(
     src: str | Path, dst: str | Path, split: str | None = None, prompt_template: str = DEFAULT_PROMPT_TEMPLATE
 ) -> int:
-    """Convert one QI-Safe-10K parquet (optionally one split of it) to verl format; return the row count."""
-    rows = pq.read_table(src).to_pylist()
+    """Convert one QI-Safe-10K parquet (optionally one split of it) to verl format, after the validator
+    (`validated_rows`); return the row count."""
+    rows = validated_rows(src)
     if split is not None:
         rows = [r for r in rows if r.get("split") == split]
     converted = convert_rows(rows, prompt_template)
@@ -72,14 +117,15 @@ def convert_dataset(
     out_dir: str | Path,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     val_agent_loop: str | None = None,
+    rejects_dir: str | Path | None = None,
 ) -> dict:
-    """Every split found in `src` (a parquet file or a directory of them) to `out_dir/<split>.parquet`.
+    """Every split found in `src` (a parquet file or a directory of them) to `out_dir/<split>.parquet`,
+    after the validator (`validated_rows`: refused on a bad row, or with `rejects_dir` the bad rows go
+    there).
 
     `val_agent_loop` names the agent loop of every val row (verl's per-row `agent_name` column): the
     training default is the reflect-and-correct loop, but validation scores the policy's own answer."""
-    from .validate import read_rows
-
-    rows = read_rows(src)
+    rows = validated_rows(src, rejects_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {}

@@ -11,9 +11,9 @@ from saferl.train import CONF_DIR
 @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base=None)
 def main(cfg: DictConfig) -> None:
     from saferl.eval.run import run_eval
-    from saferl.preflight import refusing_secrets
+    from saferl.preflight import refusing_bad_input
 
-    with refusing_secrets():
+    with refusing_bad_input():
         run_eval(cfg)
 
 

@@ -54,9 +54,9 @@ _command: list[str] = []  # the subcommand, taken off argv before Hydra parses t
 
 @hydra.main(config_path=str(CONF_DIR), config_name="srpo", version_base=None)
 def _hydra_main(cfg: DictConfig) -> None:
-    from saferl.preflight import refusing_secrets
+    from saferl.preflight import refusing_bad_input
 
-    with refusing_secrets():
+    with refusing_bad_input():
         RUNNERS[_command[0]](cfg)
 
 

@@ -28,9 +28,8 @@ def peak_rss_gib() -> float:
 def build_pairs(cfg: DictConfig, policies: list[str]) -> Path:
     """The configured sources over a split of `saferl.data.dir`, then the pairs file and its manifest.
     `policies` are what contrastive mining samples (`saferl.srpo.pairs.policies` when it names any)."""
-    import pyarrow.parquet as pq
-
     from rollout import reflection_log
+    from saferl.data.verl_format import validated_rows
 
     from . import adversarial
     from .pairs import ADVERSARIAL, CONTRASTIVE, MANIFEST_FILE, REFLECTION, SOURCES, manifest, write_pairs
@@ -48,7 +47,7 @@ def build_pairs(cfg: DictConfig, policies: list[str]) -> Path:
     split_file = Path(cfg.saferl.data.dir) / f"{srpo.pairs.split}.parquet"
     if not split_file.is_file():
         raise FileNotFoundError(f"saferl.srpo.pairs.split={srpo.pairs.split}: no {split_file}")
-    rows_by_id = {r["id"]: {**r, "sample_id": r["id"]} for r in pq.read_table(split_file).to_pylist()}
+    rows_by_id = {r["id"]: {**r, "sample_id": r["id"]} for r in validated_rows(split_file)}
     pairs_file = Path(srpo.pairs_file)
     threshold = float(srpo.pairs.safety_threshold)
     policies = [str(p) for p in srpo.pairs.policies] or policies
