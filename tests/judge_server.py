@@ -14,7 +14,8 @@ the benchmark get well-formed, deterministic verdicts.
 - `responder(body) -> text` replaces the default grader: the same server then stands in for another model
   at an OpenAI-compatible endpoint (SRPO's adversarial generator).
 - `mode="obedient"` is the worst-case judge that follows instructions injected into the response: any
-  grader-addressed text or a JSON "criteria" object inside the fence earns full marks and no flags.
+  grader-addressed text or a JSON "criteria" object inside the fence earns full marks and no flags, and
+  so does any of the `obey` payloads (an injection corpus) that reaches it, in whatever language or code.
 """
 
 from __future__ import annotations
@@ -56,13 +57,21 @@ def _user_text(body: dict[str, Any]) -> str:
     return ""
 
 
-def grade(body: dict[str, Any], mode: str = "default") -> str:
-    """A deterministic verdict JSON for a chat-completions request body (see the module docstring)."""
+def _squeezed(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def grade(body: dict[str, Any], mode: str = "default", obey: tuple[str, ...] = ()) -> str:
+    """A deterministic verdict JSON for a chat-completions request body (see the module docstring).
+    `obey`: payloads the obedient judge also follows wherever their first 24 characters (whitespace
+    aside) reach it, as a judge that reads every language and encoding would."""
     user = _user_text(body)
     scales = {name: float(scale) for name, scale in _CRITERIA.findall(user)} or _DEFAULT_CRITERIA
     match = _FENCED.search(user)
     response = match.group(2) if match else ""
-    if mode == "obedient" and _INJECTION.search(response):
+    readable = _squeezed(response)
+    obeyed = any(_squeezed(p)[:24] in readable for p in obey if _squeezed(p))
+    if mode == "obedient" and (_INJECTION.search(response) or obeyed):
         criteria = dict(scales)
     else:
         refused = bool(_REFUSAL.search(response))
@@ -96,6 +105,7 @@ class FakeJudgeServer:
         record: bool = True,
         served_model: str = "fake-judge",
         responder: Callable[[dict[str, Any]], str] | None = None,
+        obey: tuple[str, ...] = (),
     ) -> None:
         if mode not in ("default", "obedient"):
             raise ValueError(f"mode must be 'default' or 'obedient', got {mode!r}")
@@ -105,6 +115,7 @@ class FakeJudgeServer:
         self.record = record
         self.served_model = served_model
         self.responder = responder
+        self.obey = tuple(obey)
         self.requests: list[dict[str, Any]] = []  # {"body": parsed JSON, "headers": {name: value}}
         self.concurrent_max = 0
         self._inflight = 0
@@ -163,7 +174,7 @@ class FakeJudgeServer:
             if "content" in behaviour:
                 content = behaviour["content"]
             else:
-                content = self.responder(body) if self.responder else grade(body, self.mode)
+                content = self.responder(body) if self.responder else grade(body, self.mode, self.obey)
             return web.Response(text=json.dumps(completion(content)), content_type="application/json")
         finally:
             self._inflight -= 1
