@@ -25,8 +25,16 @@ OK, WARN, FAIL = "ok", "warn", "FAIL"
 PLATFORMS = ("cpu", "gpu")
 # Config keys that would hold a secret's value (the *_env keys hold a variable's NAME, which is fine).
 _SECRET_KEY = re.compile(r"(api_?key|secret|password|token)$", re.IGNORECASE)
-# Variables whose values must never appear anywhere in the config.
-SECRET_ENV_VARS = ("WANDB_API_KEY", "OPENAI_API_KEY", "HF_TOKEN")
+# Variables whose values must never appear anywhere in the config: the well-known ones and saferl's own
+# defaults (checked even when a `*_env` key names another variable), plus whatever a `*_env` key names.
+SECRET_ENV_VARS = (
+    "WANDB_API_KEY",
+    "OPENAI_API_KEY",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "SAFERL_JUDGE_API_KEY",
+    "SAFERL_GENERATOR_API_KEY",
+)
 
 
 # What an environment variable's name looks like where a `*_env` key expects one. A key typed there

@@ -241,6 +241,9 @@ def test_the_variables_every_env_key_names_are_checked(monkeypatch: pytest.Monke
     with pytest.raises(SecretInConfigError, match=r"\$SAFERL_GENERATOR_API_KEY"):
         check_no_secrets(composed("+exp=tiny", "trainer.project_name=sk-generator-0002"))
     check_no_secrets(composed("+exp=tiny", renamed))  # a name is fine
+    monkeypatch.setenv("SAFERL_JUDGE_API_KEY", "sk-default-name-0003")  # still checked once renamed
+    with pytest.raises(SecretInConfigError, match=r"\$SAFERL_JUDGE_API_KEY"):
+        check_no_secrets(composed("+exp=tiny", renamed, "trainer.project_name=sk-default-name-0003"))
 
 
 def test_unknown_platform_is_a_clear_error(tmp_path: Path) -> None:
