@@ -5,9 +5,36 @@ because the parts saferl registers into it (agent loops, reward managers, the da
 APIs that moved between 0.7 and 0.9.
 """
 
+import shutil
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+# What a wheel carries besides the code, under saferl/_shipped/ with the repository's layout
+# (saferl/resources.py finds them there): the Hydra configs, the policies, and the synthetic sample.
+SHIPPED_FILES = ("conf", "data/QI-Safe-10K/sample", "data/QI-Safe-10K/README.md")
+
+
+class BuildWithShippedFiles(build_py):
+    """build_py, plus a copy of SHIPPED_FILES into the build (not for an editable install, which reads
+    the checkout's own files)."""
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        root = Path(__file__).resolve().parent
+        for name in SHIPPED_FILES:
+            source, target = root / name, Path(self.build_lib) / "saferl" / "_shipped" / name
+            if target.is_dir():  # a build left from before: no stale file ships
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(source, target)
+
 
 VERL = "verl[verl-core]==0.9.1"
 
@@ -71,6 +98,7 @@ setup(
     packages=find_packages(include=["saferl", "saferl.*", "rewards", "rewards.*", "rollout", "rollout.*"]),
     package_data={"saferl": ["models/*.txt"]},
     include_package_data=True,
+    cmdclass={"build_py": BuildWithShippedFiles},
     install_requires=install_requires,
     extras_require=extras_require,
     entry_points={

@@ -14,9 +14,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from saferl.resources import conf_file
+
 from .judge import CONTRADICTION, HALLUCINATION, INJECTION
 
-DEFAULT_REWARD_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "reward" / "default.yaml"
+DEFAULT_REWARD_CONFIG = conf_file("reward", "default.yaml")
 SAFETY = "safety_awareness"
 POINTS = 10.0  # the common scale criteria are normalised to
 

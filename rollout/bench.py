@@ -26,7 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "QI-Safe-10K" / "sample" / "val.parquet"
+from saferl.resources import SAMPLE_DIR
+
+DATA_FILE = SAMPLE_DIR / "val.parquet"
 TARGET_SPEEDUP_2_VS_1 = 1.6
 # Ray ships call arguments over 100 KiB through the object store: every request's image (150 KB at the
 # tiny model's 224x224 cap) then costs a raylet round trip, and on a 2-core box the raylet competes with

@@ -33,11 +33,12 @@ from rewards.judges.rule import split_response
 from rewards.rubric import POINTS, SAFETY, load_reward_config
 from rewards.scorer import RewardScorer, ScoredSample, extra_info
 from saferl.policies import PolicyCategory, load_policies
+from saferl.resources import conf_file
 
 from . import reflection_log
 
 NAME = "safe_reflect"
-DEFAULT_ROLLOUT_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "rollout" / "default.yaml"
+DEFAULT_ROLLOUT_CONFIG = conf_file("rollout", "default.yaml")
 MODES = ("replace",)
 REINFORCE = ("correction_only", "whole_trajectory", "correction_as_answer")
 # The variant that trains the correction as the answer to the original prompt is off-policy: its tokens were

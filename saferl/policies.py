@@ -20,7 +20,9 @@ from typing import Any
 
 import yaml
 
-DEFAULT_POLICY_FILE = Path(__file__).resolve().parents[1] / "conf" / "policies" / "pst20.yaml"
+from saferl.resources import conf_file
+
+DEFAULT_POLICY_FILE = conf_file("policies", "pst20.yaml")
 
 # Field name in the YAML -> the letter its clause ids carry ("<category>.<letter><n>").
 CLAUSE_KINDS = {"prohibited": "P", "boundary_cases": "B", "rules": "R"}

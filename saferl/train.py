@@ -30,17 +30,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
+from saferl import resources
+
+REPO_ROOT, CONF_DIR = resources.ROOT, resources.CONF_DIR  # the checkout, or the wheel's copy of it
 # What verl's checkpoints write last (trainer_base.py `_save_checkpoint`): the step a resume starts from.
 LATEST_CHECKPOINT = "latest_checkpointed_iteration.txt"
 STAGES = ("warm_start", "srpo", "grpo")  # saferl.stages: the order a run goes through them
 
 logger = logging.getLogger("saferl.train")
 
-# `${saferl_repo:}` in experiment files: the checkout's root, so shipped data resolves from any cwd.
-if not OmegaConf.has_resolver("saferl_repo"):
-    OmegaConf.register_new_resolver("saferl_repo", lambda: str(REPO_ROOT))
+resources.register_resolvers()
 
 
 def use_tiny_model(cfg: DictConfig) -> None:

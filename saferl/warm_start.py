@@ -45,10 +45,11 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from saferl.resources import SAMPLE_DIR, conf_file
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_WARM_START_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "warm_start" / "default.yaml"
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "QI-Safe-10K" / "sample"
+DEFAULT_WARM_START_CONFIG = conf_file("warm_start", "default.yaml")
 MARKER = "saferl_warm_start.json"
 # Bump when the same inputs would produce a different checkpoint: it invalidates every cached warm start.
 WARM_START_VERSION = "1"

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "QI-Safe-10K" / "sample"
+from saferl.resources import SAMPLE_DIR
 
 
 def _validate(args: argparse.Namespace) -> int:

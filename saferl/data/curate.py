@@ -21,11 +21,13 @@ import numpy as np
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
+from saferl.resources import conf_file
+
 from .decontam import BenchmarkIndex, decontaminate
 from .qi import QIBox, score_candidates, select_qi
 from .schema import rows_to_table
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "curate" / "default.yaml"
+DEFAULT_CONFIG = conf_file("curate", "default.yaml")
 
 
 class CurationError(ValueError):

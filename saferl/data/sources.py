@@ -47,8 +47,9 @@ from PIL import Image
 from saferl.data.schema import SPLITS
 from saferl.data.validate import parquet_files
 from saferl.policies import category_ids
+from saferl.resources import conf_file
 
-CATEGORY_MAP_PATH = Path(__file__).resolve().parents[2] / "conf" / "data" / "source_categories.yaml"
+CATEGORY_MAP_PATH = conf_file("data", "source_categories.yaml")
 
 # BeaverTails-V publishes one config per harm category; the hub path loads all of them.
 BEAVERTAILS_V_CONFIGS = (

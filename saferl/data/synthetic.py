@@ -40,10 +40,11 @@ from typing import Any
 import yaml
 
 from saferl.policies import PolicySet, load_policies
+from saferl.resources import conf_file
 
 from .schema import image_object
 
-CONTENT_FILE = Path(__file__).resolve().parents[2] / "conf" / "data" / "synthetic_sample.yaml"
+CONTENT_FILE = conf_file("data", "synthetic_sample.yaml")
 IMAGE_SIZE = 224
 KINDS = ("scene", "typographic", "scene_typographic")
 TWIN = "twin"

@@ -22,9 +22,10 @@ from saferl.data.sources import parquet_records
 from saferl.data.validate import ImageLimits, parquet_files, validate_batch
 from saferl.eval.benchmarks import BenchmarkAdapter, BenchmarkFormatError
 from saferl.policies import category_ids
+from saferl.resources import SAMPLE_DIR
 
 NAME = "qi_safe_val"
-DEFAULT_LOCATION = Path(__file__).resolve().parents[3] / "data" / "QI-Safe-10K" / "sample"
+DEFAULT_LOCATION = SAMPLE_DIR
 SPLIT = "val"
 
 

@@ -1,0 +1,40 @@
+"""Where the files saferl ships are: the Hydra configs, the policies and the synthetic sample.
+
+In a checkout (and an editable install) they are the repository's own `conf/` and
+`data/QI-Safe-10K/sample/`. A built wheel carries copies under `saferl/_shipped/`, laid out as the
+repository is (setup.py's build step), so a `pip install .` in a cluster image or on a Ray worker finds
+them with no checkout. Every module reads these paths from here, never from `__file__` arithmetic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+_PACKAGE = Path(__file__).resolve().parent
+_CHECKOUT = _PACKAGE.parent
+SHIPPED = "_shipped"  # the wheel's copy of the repository's files (setup.py: SHIPPED_FILES)
+
+
+def _root() -> Path:
+    shipped = _PACKAGE / SHIPPED
+    if (shipped / "conf").is_dir():
+        return shipped
+    return _CHECKOUT
+
+
+ROOT = _root()  # the checkout, or the wheel's copy: `${saferl_repo:}` in the experiment files
+CONF_DIR = ROOT / "conf"
+SAMPLE_DIR = ROOT / "data" / "QI-Safe-10K" / "sample"
+
+
+def conf_file(*parts: str) -> Path:
+    """A file under `conf/`, e.g. `conf_file("reward", "default.yaml")`."""
+    return CONF_DIR.joinpath(*parts)
+
+
+def register_resolvers() -> None:
+    """`${saferl_repo:}` in the experiment files: `ROOT`, so the shipped sample resolves from any cwd."""
+    if not OmegaConf.has_resolver("saferl_repo"):
+        OmegaConf.register_new_resolver("saferl_repo", lambda: str(ROOT))
