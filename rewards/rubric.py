@@ -107,11 +107,11 @@ def rubric_from_config(node: Any) -> Rubric:
     criteria = tuple(Criterion(name=name, **spec) for name, spec in cfg["criteria"].items())
     return Rubric(
         criteria=criteria,
-        penalties=dict(cfg.get("penalties", {})),
-        safety_gate=SafetyGate(**cfg.get("safety_gate", {})),
-        min_score=float(cfg.get("min_score", -10.0)),
-        max_score=float(cfg.get("max_score", POINTS)),
-        version=int(cfg.get("version", 1)),
+        penalties=dict(cfg["penalties"]),
+        safety_gate=SafetyGate(**cfg["safety_gate"]),
+        min_score=float(cfg["min_score"]),
+        max_score=float(cfg["max_score"]),
+        version=int(cfg["version"]),  # one default per key: conf/reward/default.yaml's
     )
 
 

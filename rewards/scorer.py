@@ -18,7 +18,7 @@ from .faults import JUDGE_FAILURE, FaultPolicy, check_failure_fraction
 from .guard import InjectionGuard
 from .judge import Judge, JudgeInput
 from .judges import build_judge
-from .rubric import Rubric, aggregate, load_reward_config, rubric_from_config
+from .rubric import Rubric, aggregate, rubric_from_config
 
 
 @dataclass
@@ -45,9 +45,8 @@ class RewardScorer:
         self.last_error: str | None = None
 
     @classmethod
-    def from_config(cls, reward_cfg: DictConfig | None = None) -> RewardScorer:
-        """From the `saferl.reward` node (default: `conf/reward/default.yaml`)."""
-        cfg = reward_cfg if reward_cfg is not None else load_reward_config()
+    def from_config(cls, cfg: DictConfig) -> RewardScorer:
+        """From a `saferl.reward` node: the run's (or, for the standalone CLI, `load_reward_config()`)."""
         rubric = rubric_from_config(cfg.rubric)
         return cls(rubric, build_judge(cfg.judge, rubric), FaultPolicy(**cfg.faults))
 

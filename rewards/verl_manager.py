@@ -18,14 +18,14 @@ import json
 from collections import deque
 from typing import Any
 
-from omegaconf import OmegaConf
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
+from saferl.config_schema import required_node
+
 from .faults import check_failure_fraction
 from .judge import JudgeInput
-from .rubric import load_reward_config
 from .scorer import RewardScorer, extra_info
 
 NAME = "saferl_safety"
@@ -65,8 +65,7 @@ class SafetyRewardManager(RewardManagerBase):
         self, config, tokenizer, compute_score=None, reward_router_address=None, reward_model_tokenizer=None
     ):
         super().__init__(config, tokenizer, compute_score)
-        reward_cfg = OmegaConf.select(config, "saferl.reward")
-        self.reward_cfg = reward_cfg if reward_cfg is not None else load_reward_config()
+        self.reward_cfg = required_node(config, "saferl.reward", f"the {NAME} reward manager")
         self.scorer = RewardScorer.from_config(self.reward_cfg)
         self.recent: deque[bool] = deque(maxlen=self.scorer.faults.window)
 

@@ -30,8 +30,9 @@ from verl.utils.profiler import simple_timer
 from rewards.faults import check_failure_fraction
 from rewards.judge import HARMFUL, OVER_REFUSAL, JudgeInput
 from rewards.judges.rule import split_response
-from rewards.rubric import POINTS, SAFETY, load_reward_config
+from rewards.rubric import POINTS, SAFETY
 from rewards.scorer import RewardScorer, ScoredSample, extra_info
+from saferl.config_schema import required_node
 from saferl.policies import PolicyCategory, load_policies
 from saferl.resources import conf_file
 
@@ -166,8 +167,7 @@ class SafeReflectAgentLoop(AgentLoopBase):
         super().__init__(*args, **kwargs)
         self.prompt_length = self.rollout_config.prompt_length
         self.response_length = self.rollout_config.response_length
-        cfg = OmegaConf.select(self.config, "saferl.rollout")
-        self.cfg = cfg if cfg is not None else load_rollout_config()
+        self.cfg = required_node(self.config, "saferl.rollout", f"the {NAME} agent loop")
         check_rollout_mode(self.cfg)
         if self.cfg.reinforce == AS_ANSWER and not OmegaConf.select(
             self.config, "algorithm.rollout_correction.rollout_is"
@@ -177,8 +177,7 @@ class SafeReflectAgentLoop(AgentLoopBase):
                 "it was not sampled for: set algorithm.rollout_correction.rollout_is=token (verl's truncated "
                 "importance weights) so each token is weighed by its probability under the original prompt"
             )
-        reward_cfg = OmegaConf.select(self.config, "saferl.reward")
-        reward_cfg = reward_cfg if reward_cfg is not None else load_reward_config()
+        reward_cfg = required_node(self.config, "saferl.reward", f"the {NAME} agent loop")
         # The last safety check judges the final answer with the reward's own judge and rubric, so its
         # score is the reward: handed to verl, the reward loop does not judge the same answer again.
         # A separate safety-check judge makes it a different judgement, and the reward loop scores.

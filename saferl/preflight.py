@@ -50,14 +50,16 @@ class SecretInConfigError(ValueError):
 
 @contextmanager
 def refusing_bad_input() -> Iterator[None]:
-    """Around a command's Hydra task: a refused secret or refused data exits with its message alone.
+    """Around a command's Hydra task: a refused secret, refused data or a bad saferl key exits with its
+    message alone.
     Raised through Hydra instead, it would print the command's overrides (which may hold the secret)
     and a traceback that buries the validator's report."""
+    from saferl.config_schema import ConfigError
     from saferl.data.validate import DataError
 
     try:
         yield
-    except (SecretInConfigError, DataError) as err:
+    except (SecretInConfigError, DataError, ConfigError) as err:
         sys.exit(f"saferl: refused: {err}")
 
 

@@ -286,7 +286,10 @@ def run_policy_stages(cfg: DictConfig) -> Path:
 
 
 def run(cfg: DictConfig) -> None:
-    """Set the platform up, then dry-run or train with verl's trainer."""
+    """Check the saferl keys, set the platform up, then dry-run or train with verl's trainer."""
+    from saferl.config_schema import check_saferl_config
+
+    check_saferl_config(cfg)  # before anything is written
     apply_platform_env(cfg)
     if cfg.saferl.dry_run:
         from saferl.preflight import preflight

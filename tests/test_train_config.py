@@ -350,3 +350,41 @@ def test_qwen3b_pst_chains_warm_start_srpo_and_grpo_through_one_run_directory(tm
 
         composed_cpu = composed("+exp=tiny", "saferl.srpo.policy=/some/policy")
         srpo_stage(composed_cpu)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "+saferl.rollout.turn_max_token=5",
+            "saferl.rollout.turn_max_token: unknown key; did you mean 'turn_max_tokens'?",
+        ),
+        (
+            "+saferl.reward.judge.openai.base_ur=x",
+            "saferl.reward.judge.openai.base_ur: unknown key; did you mean 'base_url'?",
+        ),
+        (
+            "saferl.srpo.dpo.lr=fast",
+            "saferl.srpo.dpo.lr: Value 'fast' of type 'str' could not be converted to Float",
+        ),
+        ("saferl.stages=grpo", "saferl.stages: expected a list"),
+    ],
+)
+def test_a_bad_saferl_key_is_refused_by_its_path_before_anything_is_written(
+    override: str, message: str, tmp_path: Path
+) -> None:
+    result = train("+exp=tiny", override, f"trainer.default_local_dir={tmp_path / 'run'}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"saferl: refused: {message}" in result.stderr.strip().splitlines()[-1]
+    written = [p for p in (tmp_path / "run").rglob("*") if p.is_file() and "hydra" not in p.parts]
+    assert written == []  # Hydra's launch log aside, nothing: no data conversion, no config.yaml
+
+
+def test_every_experiment_fits_the_schema_and_a_typo_in_one_is_named(tmp_path: Path) -> None:
+    """An experiment file's typo is merged by Hydra without a word: the schema names it."""
+    from saferl.config_schema import ConfigError, check_saferl_config
+
+    for exp in EXPERIMENTS:
+        check_saferl_config(composed(f"+exp={exp}"))
+    with pytest.raises(ConfigError, match=r"saferl\.warm_start\.step: unknown key; did you mean 'steps'\?"):
+        check_saferl_config(composed("+exp=tiny", "+saferl.warm_start.step=3"))

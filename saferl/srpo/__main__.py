@@ -54,9 +54,11 @@ _command: list[str] = []  # the subcommand, taken off argv before Hydra parses t
 
 @hydra.main(config_path=str(CONF_DIR), config_name="srpo", version_base=None)
 def _hydra_main(cfg: DictConfig) -> None:
+    from saferl.config_schema import check_saferl_config
     from saferl.preflight import refusing_bad_input
 
     with refusing_bad_input():
+        check_saferl_config(cfg)
         RUNNERS[_command[0]](cfg)
 
 
