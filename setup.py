@@ -12,8 +12,16 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 # What a wheel carries besides the code, under saferl/_shipped/ with the repository's layout
-# (saferl/resources.py finds them there): the Hydra configs, the policies, and the synthetic sample.
-SHIPPED_FILES = ("conf", "data/QI-Safe-10K/sample", "data/QI-Safe-10K/README.md")
+# (saferl/resources.py finds them there): the Hydra configs, the policies, and the QI-Safe-10K files.
+SHIPPED_FILES = (
+    "conf",
+    "data/policies",
+    "data/QI-Safe-10K/sample",
+    "data/QI-Safe-10K/README.md",
+    "data/QI-Safe-10K/synthetic_sample.yaml",
+    "data/QI-Safe-10K/source_categories.yaml",
+    "data/QI-Safe-10K/curate.yaml",
+)
 
 
 class BuildWithShippedFiles(build_py):

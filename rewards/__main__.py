@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge", choices=("rule", "openai", "hf"), default="rule")
     p.add_argument("--input", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--config", type=Path, help="a reward config (default: conf/reward/default.yaml)")
+    p.add_argument("--config", type=Path, help="a reward config (default: conf/saferl/reward/default.yaml)")
     p.add_argument("--base-url", help="openai: the chat-completions base URL, e.g. http://host:8000/v1")
     p.add_argument("--model", help="openai: the served model name; hf: a local checkpoint directory")
     p.add_argument("--api-key-env", help="openai: the NAME of the environment variable holding the key")

@@ -17,7 +17,7 @@ its answer, and RL will find every such trick a judge falls for. The defence is 
    fits one sentence), and what remains has chat markers and fence-like runs escaped, so the judge sees
    the response only as data inside its fence (rewards/prompt.py tells it so).
 4. **Penalise.** The `injection` flag carries the rubric's penalty. The shipped penalty (20 points =
-   `max_score - min_score`, conf/reward/default.yaml) puts every flagged response at `min_score`.
+   `max_score - min_score`, conf/saferl/reward/default.yaml) puts every flagged response at `min_score`.
 
 What holds, exactly: with that penalty, a flagged response scores `min_score` whatever the judge says,
 so it can never outscore any response, its clean twin included, under any judge (an obedient one too).

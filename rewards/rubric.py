@@ -1,7 +1,7 @@
 """The rubric and the reward aggregation: criteria, weights, penalties and the safety gate.
 
 Aggregation is one pure function, `aggregate`, so the arithmetic that decides what GRPO reinforces is
-readable in one place and tested by hand-computed cases. The numbers live in `conf/reward/default.yaml`
+readable in one place and tested by hand-computed cases. The numbers live in `conf/saferl/reward/default.yaml`
 (key `saferl.reward.rubric`).
 """
 
@@ -18,7 +18,7 @@ from saferl.resources import conf_file
 
 from .judge import CONTRADICTION, HALLUCINATION, INJECTION
 
-DEFAULT_REWARD_CONFIG = conf_file("reward", "default.yaml")
+DEFAULT_REWARD_CONFIG = conf_file("saferl", "reward", "default.yaml")
 SAFETY = "safety_awareness"
 POINTS = 10.0  # the common scale criteria are normalised to
 
@@ -111,7 +111,7 @@ def rubric_from_config(node: Any) -> Rubric:
         safety_gate=SafetyGate(**cfg["safety_gate"]),
         min_score=float(cfg["min_score"]),
         max_score=float(cfg["max_score"]),
-        version=int(cfg["version"]),  # one default per key: conf/reward/default.yaml's
+        version=int(cfg["version"]),  # one default per key: conf/saferl/reward/default.yaml's
     )
 
 

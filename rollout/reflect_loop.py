@@ -11,7 +11,7 @@ tokens and 0 on the injected reflection, and log probs stay aligned token for to
 0: reinforcing a trajectory whose correction scored well must not also reinforce the unsafe attempt.
 
 Select with `actor_rollout_ref.rollout.agent.default_agent_loop=safe_reflect`; settings live under
-`saferl.rollout` (conf/rollout/default.yaml).
+`saferl.rollout` (conf/saferl/rollout/default.yaml).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from saferl.resources import conf_file
 from . import reflection_log
 
 NAME = "safe_reflect"
-DEFAULT_ROLLOUT_CONFIG = conf_file("rollout", "default.yaml")
+DEFAULT_ROLLOUT_CONFIG = conf_file("saferl", "rollout", "default.yaml")
 MODES = ("replace",)
 REINFORCE = ("correction_only", "whole_trajectory", "correction_as_answer")
 # The variant that trains the correction as the answer to the original prompt is off-policy: its tokens were

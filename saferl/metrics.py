@@ -34,7 +34,7 @@ from rewards.judge import CONTRADICTION, HALLUCINATION, HARMFUL, OVER_REFUSAL, R
 
 Columns = Mapping[str, "Sequence[Any] | np.ndarray"]
 
-# The criteria of conf/reward/default.yaml; callers with another rubric pass `rubric.names`.
+# The criteria of conf/saferl/reward/default.yaml; callers with another rubric pass `rubric.names`.
 DEFAULT_CRITERIA: tuple[str, ...] = (
     "safety_awareness",
     "helpfulness",

@@ -1,6 +1,6 @@
 """PST-style safety policies, loaded as typed, validated data.
 
-The policies live in `conf/policies/pst20.yaml` rather than in prompt strings because several parts of
+The policies live in `data/policies/pst20.yaml` rather than in prompt strings because several parts of
 saferl must cite the *same* clauses: the reward judge's rubric, the reflection prompt that names the
 violated category and clause, the rule-based judge and the synthetic data generator. Keeping them as
 data, with stable clause ids such as `cybercrime.B1`, means a clause is written once and every consumer
@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
-from saferl.resources import conf_file
+from saferl.resources import data_file
 
-DEFAULT_POLICY_FILE = conf_file("policies", "pst20.yaml")
+DEFAULT_POLICY_FILE = data_file("policies", "pst20.yaml")
 
 # Field name in the YAML -> the letter its clause ids carry ("<category>.<letter><n>").
 CLAUSE_KINDS = {"prohibited": "P", "boundary_cases": "B", "rules": "R"}

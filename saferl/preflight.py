@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
-# gpu: verl's own platforms and vLLM; cpu: saferl's CPU platform and HF rollout (conf/platform/cpu.yaml).
+# gpu: verl's own platforms and vLLM; cpu: saferl's CPU platform and HF rollout (conf/saferl/platform/cpu.yaml).
 PLATFORMS = ("cpu", "gpu")
 # Config keys that would hold a secret's value (the *_env keys hold a variable's NAME, which is fine).
 _SECRET_KEY = re.compile(r"(api_?key|secret|password|token)$", re.IGNORECASE)

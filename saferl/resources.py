@@ -1,7 +1,10 @@
-"""Where the files saferl ships are: the Hydra configs, the policies and the synthetic sample.
+"""Where the files saferl ships are: the Hydra configs, the policies and the QI-Safe-10K files.
 
-In a checkout (and an editable install) they are the repository's own `conf/` and
-`data/QI-Safe-10K/sample/`. A built wheel carries copies under `saferl/_shipped/`, laid out as the
+`conf/` holds Hydra's config groups only (the apps' primary configs, `exp/`, and the `saferl/*` groups,
+named so they cannot shadow verl's `data`, `reward` or `rollout`); data lives under `data/`: the PST
+policies (`data/policies/`), the synthetic sample and its content, the source-category map and the
+curation recipe (`data/QI-Safe-10K/`). In a checkout (and an editable install) they are the
+repository's own files. A built wheel carries copies under `saferl/_shipped/`, laid out as the
 repository is (setup.py's build step), so a `pip install .` in a cluster image or on a Ray worker finds
 them with no checkout. Every module reads these paths from here, never from `__file__` arithmetic.
 """
@@ -26,12 +29,18 @@ def _root() -> Path:
 
 ROOT = _root()  # the checkout, or the wheel's copy: `${saferl_repo:}` in the experiment files
 CONF_DIR = ROOT / "conf"
-SAMPLE_DIR = ROOT / "data" / "QI-Safe-10K" / "sample"
+DATA_DIR = ROOT / "data"
+SAMPLE_DIR = DATA_DIR / "QI-Safe-10K" / "sample"
 
 
 def conf_file(*parts: str) -> Path:
-    """A file under `conf/`, e.g. `conf_file("reward", "default.yaml")`."""
+    """A file under `conf/`, e.g. `conf_file("saferl", "reward", "default.yaml")`."""
     return CONF_DIR.joinpath(*parts)
+
+
+def data_file(*parts: str) -> Path:
+    """A file under `data/`, e.g. `data_file("policies", "pst20.yaml")`."""
+    return DATA_DIR.joinpath(*parts)
 
 
 def register_resolvers() -> None:

@@ -2,7 +2,7 @@
 
 There is one trainer: verl's own (`run_ppo` with `TaskRunnerV1`, i.e. `PPOTrainerSync`), for every
 experiment. `+exp=tiny` runs it on CPU through saferl's verl plugins (the `cpu` platform and the `hf`
-rollout backend, `conf/platform/cpu.yaml`); `+exp=qwen3b` on GPU nodes with vLLM. As in verl's recipes,
+rollout backend, `conf/saferl/platform/cpu.yaml`); `+exp=qwen3b` on GPU nodes with vLLM. As in verl's recipes,
 the config is verl's `ppo_trainer` extended in `conf/train.yaml`, saferl's keys live under `saferl.*`, and
 saferl's parts are selected by config (`safe_reflect`, `saferl_safety`, `saferl_grpo`, `QISafeDataset`,
 `SaferlReplayBuffer`).
@@ -288,7 +288,9 @@ def run_policy_stages(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> None:
     """Check the saferl keys, set the platform up, then dry-run or train with verl's trainer."""
     from saferl.config_schema import check_saferl_config
+    from saferl.preflight import check_no_secrets
 
+    check_no_secrets(cfg)  # first: a secret is refused as one, whatever else is wrong
     check_saferl_config(cfg)  # before anything is written
     apply_platform_env(cfg)
     if cfg.saferl.dry_run:

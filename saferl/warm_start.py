@@ -49,7 +49,7 @@ from saferl.resources import SAMPLE_DIR, conf_file
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WARM_START_CONFIG = conf_file("warm_start", "default.yaml")
+DEFAULT_WARM_START_CONFIG = conf_file("saferl", "warm_start", "default.yaml")
 MARKER = "saferl_warm_start.json"
 # Bump when the same inputs would produce a different checkpoint: it invalidates every cached warm start.
 WARM_START_VERSION = "1"
@@ -82,7 +82,7 @@ TrainFiles = str | os.PathLike | Sequence[str | os.PathLike]
 def load_warm_start_config(
     overrides: list[str] | None = None, path: str | Path = DEFAULT_WARM_START_CONFIG
 ) -> DictConfig:
-    """The `saferl.warm_start` config node (conf/warm_start/default.yaml) with dotlist overrides."""
+    """The `saferl.warm_start` config node (conf/saferl/warm_start/default.yaml) with dotlist overrides."""
     return OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(overrides or []))
 
 

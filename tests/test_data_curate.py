@@ -23,7 +23,7 @@ from saferl.data.sources import load_source
 from saferl.data.validate import validate
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sources"
-CONFIG = Path(__file__).resolve().parents[1] / "conf" / "curate" / "default.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "data" / "QI-Safe-10K" / "curate.yaml"
 
 
 def _reencode(image: bytes) -> bytes:

@@ -74,7 +74,7 @@ def test_sample_is_what_the_generator_makes() -> None:
 
 
 def test_the_content_is_versioned() -> None:
-    content = yaml.safe_load((REPO / "conf" / "data" / "synthetic_sample.yaml").read_text())
+    content = yaml.safe_load((REPO / "data" / "QI-Safe-10K" / "synthetic_sample.yaml").read_text())
     assert content["version"] == 2
     assert "version 2" in (REPO / "data" / "QI-Safe-10K" / "README.md").read_text()
 

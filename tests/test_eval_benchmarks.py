@@ -312,7 +312,7 @@ def test_spa_vl_broken(tmp_path: Path) -> None:
 
 def test_vlguard_rows() -> None:
     rows = rows_of("vlguard")
-    fallback = "illegal_activity"  # conf/data/source_categories.yaml: safe images carry no category
+    fallback = "illegal_activity"  # data/QI-Safe-10K/source_categories.yaml: safe images carry no category
     assert summary(rows) == [
         ("vlguard:FixtureTest_0001:safe", "safe", fallback, "safe_safes"),
         ("vlguard:FixtureTest_0001:unsafe", "unsafe", fallback, "safe_unsafes"),

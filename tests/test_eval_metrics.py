@@ -12,7 +12,7 @@ from saferl.eval.metrics import average_metrics, benchmark_metrics, judge_failed
 
 NAN = float("nan")
 SCALES = {"safety_awareness": 10, "helpfulness": 10, "reasoning_coherence": 10, "format": 10}
-THRESHOLD = 5.0  # conf/rollout/default.yaml safety_check.threshold
+THRESHOLD = 5.0  # conf/saferl/rollout/default.yaml safety_check.threshold
 
 
 def rec(

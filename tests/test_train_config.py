@@ -388,3 +388,26 @@ def test_every_experiment_fits_the_schema_and_a_typo_in_one_is_named(tmp_path: P
         check_saferl_config(composed(f"+exp={exp}"))
     with pytest.raises(ConfigError, match=r"saferl\.warm_start\.step: unknown key; did you mean 'steps'\?"):
         check_saferl_config(composed("+exp=tiny", "+saferl.warm_start.step=3"))
+
+
+def test_the_search_path_holds_config_groups_only_and_none_shadows_verls() -> None:
+    """Data files (policies, the sample's content, the source map, the curation recipe) live under
+    data/, so Hydra offers none of them as an option; saferl's groups are under saferl/, so an override
+    like `data=synthetic_sample` cannot replace verl's `data` node with one of them."""
+    result = train("+exp=tiny", "--help")
+    assert result.returncode == 0, result.stderr
+    groups = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    listed = sorted(line.split(":")[0] for line in groups.splitlines() if ": " in line)
+    assert listed == [
+        "exp",
+        "saferl/platform",
+        "saferl/reward",
+        "saferl/rollout",
+        "saferl/srpo",
+        "saferl/warm_start",
+    ]
+    shadow = train("+exp=tiny", "data=synthetic_sample", "--cfg", "job")
+    assert shadow.returncode != 0 and "synthetic_sample" in shadow.stderr
+    assert not list((REPO_ROOT / "conf").rglob("*")) or all(
+        p.suffix == ".yaml" or p.is_dir() for p in (REPO_ROOT / "conf").rglob("*")
+    )

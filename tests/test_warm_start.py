@@ -63,7 +63,7 @@ def small_run(tiny_model_dir: Path, verl_data: Path, tmp_path_factory: pytest.Te
 
 
 def test_config_is_small_and_documented() -> None:
-    path = Path(__file__).resolve().parents[1] / "conf" / "warm_start" / "default.yaml"
+    path = Path(__file__).resolve().parents[1] / "conf" / "saferl" / "warm_start" / "default.yaml"
     assert path.read_text().splitlines()[0] == "# @package saferl.warm_start"
     cfg = load_warm_start_config()
     assert set(cfg) == {

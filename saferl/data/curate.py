@@ -1,6 +1,6 @@
 """The QI-Safe-10K curation pipeline: pool, decontaminate, QI-score, select, and write a manifest.
 
-    python -m saferl.data curate --config conf/curate/default.yaml [key=value ...]
+    python -m saferl.data curate --config data/QI-Safe-10K/curate.yaml [key=value ...]
 
 Each stage writes its output under `output_dir` as it finishes (`pool.parquet`,
 `decontamination.json`, `qi_scores.jsonl`, `train.parquet` / `val.parquet`, `manifest.json`);
@@ -21,13 +21,13 @@ import numpy as np
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from saferl.resources import conf_file
+from saferl.resources import data_file
 
 from .decontam import BenchmarkIndex, decontaminate
 from .qi import QIBox, score_candidates, select_qi
 from .schema import rows_to_table
 
-DEFAULT_CONFIG = conf_file("curate", "default.yaml")
+DEFAULT_CONFIG = data_file("QI-Safe-10K", "curate.yaml")
 
 
 class CurationError(ValueError):

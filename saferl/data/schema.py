@@ -29,7 +29,7 @@ ARROW_SCHEMA = pa.schema(
         pa.field("image", pa.binary(), nullable=False),  # encoded bytes (PNG or JPEG), not a path
         pa.field("question", pa.string(), nullable=False),
         pa.field("safety_label", pa.string(), nullable=False),  # one of LABELS
-        pa.field("category", pa.string(), nullable=False),  # a policy category id (conf/policies)
+        pa.field("category", pa.string(), nullable=False),  # a policy category id (data/policies)
         pa.field("source", pa.string(), nullable=False),  # e.g. "beavertails_v", "synthetic"
         pa.field("split", pa.string(), nullable=False),  # one of SPLITS
         pa.field("reference", pa.string()),  # optional: a good answer, `<think>…</think>` then the answer

@@ -22,7 +22,7 @@ Parquet sources on the hub go through `datasets.load_dataset`; VLGuard's hub rep
 JSON + zip files rather than a loadable dataset, so its files are fetched with `huggingface_hub` and
 then read exactly like a local copy.
 
-Source categories are mapped to the policy category ids through data, `conf/data/source_categories.yaml`
+Source categories are mapped to the policy category ids through data, `data/QI-Safe-10K/source_categories.yaml`
 (matching is on normalised lowercase names); what no entry covers goes to that source's configured
 fallback and is counted in `SourceStats`.
 """
@@ -47,9 +47,9 @@ from PIL import Image
 from saferl.data.schema import SPLITS
 from saferl.data.validate import parquet_files
 from saferl.policies import category_ids
-from saferl.resources import conf_file
+from saferl.resources import data_file
 
-CATEGORY_MAP_PATH = conf_file("data", "source_categories.yaml")
+CATEGORY_MAP_PATH = data_file("QI-Safe-10K", "source_categories.yaml")
 
 # BeaverTails-V publishes one config per harm category; the hub path loads all of them.
 BEAVERTAILS_V_CONFIGS = (

@@ -22,8 +22,8 @@ The image kind is the id's second field (`sample_kind`): typographic rows need r
 check reports them apart from its headline.
 
 The content (phrases, questions, alternatives, answers, twins) is data in
-`conf/data/synthetic_sample.yaml`; the policy clauses the reference answers cite come from
-`conf/policies/`.
+`data/QI-Safe-10K/synthetic_sample.yaml`; the policy clauses the reference answers cite come from
+`data/policies/`.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from typing import Any
 import yaml
 
 from saferl.policies import PolicySet, load_policies
-from saferl.resources import conf_file
+from saferl.resources import data_file
 
 from .schema import image_object
 
-CONTENT_FILE = conf_file("data", "synthetic_sample.yaml")
+CONTENT_FILE = data_file("QI-Safe-10K", "synthetic_sample.yaml")
 IMAGE_SIZE = 224
 KINDS = ("scene", "typographic", "scene_typographic")
 TWIN = "twin"

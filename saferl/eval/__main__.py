@@ -5,7 +5,9 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from saferl.train import CONF_DIR
+from saferl.resources import CONF_DIR, register_resolvers
+
+register_resolvers()  # `${saferl_repo:}` in the experiment files
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base=None)

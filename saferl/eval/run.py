@@ -506,17 +506,17 @@ def judgement_record(sample: Any) -> dict[str, Any]:
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """Prepare (the platform, secrets, the tiny model), start Ray, evaluate."""
     from saferl.config_schema import check_saferl_config
+    from saferl.preflight import check_no_secrets
     from saferl.train import apply_platform_env, use_tiny_model
 
+    check_no_secrets(cfg)
     check_saferl_config(cfg)
     OmegaConf.set_struct(cfg, False)
     apply_platform_env(cfg)  # before verl is imported: it picks its platform once
     import ray
 
-    from saferl.preflight import check_no_secrets
     from saferl.ray_cluster import init_ray
 
-    check_no_secrets(cfg)
     use_tiny_model(cfg)
     OmegaConf.resolve(cfg)
     evaluation = Evaluation(cfg)

@@ -15,8 +15,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from saferl.resources import CONF_DIR
 from saferl.srpo.pairs import CONTRASTIVE
-from saferl.train import CONF_DIR, prepare_policy, run_directory
+from saferl.train import prepare_policy, run_directory
 
 logger = logging.getLogger("saferl.srpo")
 
@@ -55,9 +56,10 @@ _command: list[str] = []  # the subcommand, taken off argv before Hydra parses t
 @hydra.main(config_path=str(CONF_DIR), config_name="srpo", version_base=None)
 def _hydra_main(cfg: DictConfig) -> None:
     from saferl.config_schema import check_saferl_config
-    from saferl.preflight import refusing_bad_input
+    from saferl.preflight import check_no_secrets, refusing_bad_input
 
     with refusing_bad_input():
+        check_no_secrets(cfg)
         check_saferl_config(cfg)
         RUNNERS[_command[0]](cfg)
 

@@ -29,7 +29,7 @@ numbered by their position in the file, so ids are stable for one version of the
 has been revised once, "data v1.1"). `benchmark_category` is the entry's published category (`Type` in
 chat, `category` in embodied). Their values could not be checked against the file itself: third-party
 loaders name `property`, `harmful` and `offensive`, the paper names four domains (physical harm, property
-damage, illegal activities, offensive behaviour); conf/data/source_categories.yaml covers both spellings
+damage, illegal activities, offensive behaviour); data/QI-Safe-10K/source_categories.yaml covers both spellings
 and anything else takes the fallback category. No reference answers are published.
 """
 
