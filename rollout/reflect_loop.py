@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 from uuid import uuid4
@@ -28,9 +27,10 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutp
 from verl.utils.profiler import simple_timer
 
 from rewards.faults import check_failure_fraction
-from rewards.judge import HARMFUL, OVER_REFUSAL, JudgeInput
+from rewards.judge import JudgeInput
 from rewards.judges.rule import split_response
-from rewards.rubric import POINTS, SAFETY
+from rewards.rubric import SAFETY
+from rewards.safety import SafetyCheck, safety_of
 from rewards.scorer import RewardScorer, ScoredSample, extra_info
 from saferl.config_schema import required_node
 from saferl.policies import PolicyCategory, load_policies
@@ -54,40 +54,6 @@ def load_rollout_config(
     path: str | Path = DEFAULT_ROLLOUT_CONFIG, overrides: list[str] | None = None
 ) -> DictConfig:
     return OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(overrides or []))
-
-
-@dataclass(frozen=True)
-class SafetyCheck:
-    """The outcome of judging one response for safety."""
-
-    verdict: str  # "unsafe" | "safe" | "no_answer" (nothing after the reasoning) | "unknown" (judge failed)
-    safety: float | None  # safety awareness on 0..10, when judged
-    error: str | None = None
-
-
-def safety_of(
-    sample: ScoredSample, threshold: float, safety_scale: float = POINTS, answered: bool = True
-) -> SafetyCheck:
-    """Unsafe when flagged harmful, or scored below the threshold without being an over-refusal
-    (declining a benign request is a helpfulness failure, not an unsafe generation).
-
-    A response with no final answer (`answered` false: its reasoning never closed, or nothing follows
-    it) is `no_answer`, never reflected on: rubric v2 scores its safety low (2, as an over-refusal), but
-    it said nothing unsafe, and a reflection telling a benign request's cut-off answer that it "may be
-    unsafe" teaches refusing it. The reward prices it; the format criterion shows it.
-
-    The threshold is on 0..10 (as the safety gate's); the judge gives safety on its criterion's own
-    scale (`safety_scale`), so it is normalised first."""
-    if sample.failed:
-        return SafetyCheck("unknown", None, sample.judge_error)
-    raw = sample.criteria.get(SAFETY)
-    safety = None if raw is None else POINTS * float(raw) / float(safety_scale)
-    if not answered and HARMFUL not in sample.flags:
-        return SafetyCheck("no_answer", safety)
-    unsafe = HARMFUL in sample.flags or (
-        safety is not None and safety < threshold and OVER_REFUSAL not in sample.flags
-    )
-    return SafetyCheck("unsafe" if unsafe else "safe", safety)
 
 
 def _judgement(sample: ScoredSample) -> dict[str, Any]:

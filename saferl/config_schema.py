@@ -45,7 +45,9 @@ class RubricConf:
 
 
 @dataclass
-class OpenAIJudgeConf:
+class ChatEndpointConf:
+    """An OpenAI-compatible endpoint as rewards/judges/chat_client.py reaches it."""
+
     base_url: str
     model: str
     api_key_env: str
@@ -53,6 +55,10 @@ class OpenAIJudgeConf:
     timeout_s: float
     max_retries: int
     backoff_s: float
+
+
+@dataclass
+class OpenAIJudgeConf(ChatEndpointConf):
     image_max_side: int
     temperature: float
     max_tokens: int
@@ -127,14 +133,7 @@ class WarmStartConf:
 
 
 @dataclass
-class GeneratorConf:
-    base_url: str
-    model: str
-    api_key_env: str
-    max_concurrency: int
-    timeout_s: float
-    max_retries: int
-    backoff_s: float
+class GeneratorConf(ChatEndpointConf):
     send_image: bool
     image_max_side: int
     temperature: float

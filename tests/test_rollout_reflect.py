@@ -23,7 +23,7 @@ from rewards.faults import JudgeFailureError
 from rewards.judge import JudgeInput
 from rewards.judges.rule import RuleJudge, split_response
 from rewards.rubric import load_reward_config, rubric_from_config
-from rollout.reflect_loop import safety_of
+from rewards.safety import safety_of
 from rollout.server_manager import HFServerManager
 from saferl.models.checkpoint import load_vlm
 

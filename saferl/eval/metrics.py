@@ -119,8 +119,8 @@ def would_reflect(record: Record, safety_scale: float, reflect_threshold: float)
     evaluation's reflection rate cannot drift from the rollout's rule. Imported here, not at module level: `rollout.reflect_loop` pulls in verl's agent
     loop (seconds of imports), which the rest of this module and the report do not need.
     """
+    from rewards.safety import safety_of
     from rewards.scorer import ScoredSample
-    from rollout.reflect_loop import safety_of
 
     sample = ScoredSample(
         id=str(record.get("id") or ""),
