@@ -23,7 +23,6 @@ What this driver does before handing over, and why it is here rather than in ver
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from saferl import resources
+from saferl.launch import apply_platform_env, ray_env_vars, use_tiny_model
 
 REPO_ROOT, CONF_DIR = resources.ROOT, resources.CONF_DIR  # the checkout, or the wheel's copy of it
 # What verl's checkpoints write last (trainer_base.py `_save_checkpoint`): the step a resume starts from.
@@ -40,36 +40,6 @@ STAGES = ("warm_start", "srpo", "grpo")  # saferl.stages: the order a run goes t
 logger = logging.getLogger("saferl.train")
 
 resources.register_resolvers()
-
-
-def use_tiny_model(cfg: DictConfig) -> None:
-    """`saferl.tiny_model=bpe|qwen`: build the tiny model on first use (cached) and point
-    `actor_rollout_ref.model.path` at it; training and evaluation both start here."""
-    if cfg.saferl.tiny_model:
-        from saferl.models.tiny import ensure_tiny_model
-
-        path = ensure_tiny_model(tokenizer=str(cfg.saferl.tiny_model))
-        logger.info("tiny model (%s): %s", cfg.saferl.tiny_model, path)
-        cfg.actor_rollout_ref.model.path = str(path)
-
-
-def apply_platform_env(cfg: DictConfig) -> None:
-    """`saferl.env` into this process and into every Ray process verl starts (its job runtime_env).
-
-    Must run before verl is imported in this process: verl resolves its platform once, on first use."""
-    env = {str(k): str(v) for k, v in (cfg.saferl.get("env") or {}).items()}
-    os.environ.update(env)
-    with open_dict(cfg):
-        ray_env_vars(cfg).update(env)
-
-
-def ray_env_vars(cfg: DictConfig) -> DictConfig:
-    """`ray_kwargs.ray_init.runtime_env.env_vars`: what verl's ray.init hands every Ray process."""
-    runtime_env = cfg.ray_kwargs.ray_init.runtime_env
-    with open_dict(cfg):
-        if runtime_env.get("env_vars") is None:
-            runtime_env.env_vars = {}
-    return runtime_env.env_vars
 
 
 def resume_step(cfg: DictConfig) -> int:

@@ -319,8 +319,8 @@ def test_the_driver_resolves_the_config_FAKE_GPU_EDGE(
 def test_evaluation_starts_ray_as_verls_trainer_does() -> None:
     """`saferl.ray_cluster.ray_init_kwargs`: verl's runtime env and switches, the platform's fake GPUs
     and environment, and the 1 MiB inline limit, for the Ray that evaluation starts itself."""
+    from saferl.launch import apply_platform_env
     from saferl.ray_cluster import ray_init_kwargs
-    from saferl.train import apply_platform_env
 
     cfg = composed("+exp=tiny")
     apply_platform_env(cfg)

@@ -506,8 +506,8 @@ def judgement_record(sample: Any) -> dict[str, Any]:
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """Prepare (the platform, secrets, the tiny model), start Ray, evaluate."""
     from saferl.config_schema import check_saferl_config
+    from saferl.launch import apply_platform_env, use_tiny_model
     from saferl.preflight import check_no_secrets
-    from saferl.train import apply_platform_env, use_tiny_model
 
     check_no_secrets(cfg)
     check_saferl_config(cfg)
