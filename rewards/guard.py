@@ -87,10 +87,11 @@ def _decoded_base64(text: str) -> list[str]:
 def views(text: str) -> list[str]:
     """Every reading of `text` the detectors check: as written (NFKC, no format characters; for the
     non-Latin languages), normalised, leetspeak folded, rot13, and its decoded base64 runs."""
-    plain = _squash(_strip_format(unicodedata.normalize("NFKC", text)).casefold())
-    norm = _squash(normalise(text))
+    written = _strip_format(unicodedata.normalize("NFKC", text))
+    plain = _squash(written.casefold())
+    norm = _squash(written.translate(_HOMOGLYPHS).casefold())  # normalise(text), from its first two steps
     out = [plain, norm, norm.translate(_LEET), codecs.encode(norm, "rot13")]
-    out += [normalise(d) for d in _decoded_base64(_strip_format(unicodedata.normalize("NFKC", text)))]
+    out += [normalise(d) for d in _decoded_base64(written)]
     return out
 
 

@@ -340,15 +340,15 @@ def test_adversarial_pairs_keep_only_what_the_judge_finds_worse():
 # ---------------------------------------------------------------------------------------------------
 
 
-def srpo(command, run_dir, *overrides):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def srpo(command, run_dir, *overrides, exp="tiny", env=None):
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run(
         [
             sys.executable,
             "-m",
             "saferl.srpo",
             command,
-            "+exp=tiny",
+            f"+exp={exp}",
             f"trainer.default_local_dir={run_dir}",
             "saferl.warm_start.steps=20",
             *overrides,
@@ -520,48 +520,24 @@ def test_qwen3b_pst_srpo_commands_on_the_tiny_model_with_stand_in_judge_and_gene
     3B policy is the tiny model, and FAKES stand in for the 72B judge and the R1 generator."""
     run = tmp_path / "run"
     run.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SAFERL_DATA_DIR": str(SAMPLE)}
-    common = [
-        "+exp=qwen3b_pst",
-        f"trainer.default_local_dir={run}",
+    env = {"SAFERL_DATA_DIR": str(SAMPLE)}
+    common = (
         f"saferl.srpo.policy={tiny_model_dir}",  # step 1's output, in the 3B's place
         "saferl.srpo.pairs.limit=4",
         "saferl.srpo.pairs.max_new_tokens=32",
-    ]
+    )
     rows = pq.read_table(SAMPLE / "train.parquet").to_pylist()[:4]
     with FakeJudgeServer() as judge, FakeJudgeServer(responder=generator_stand_in(rows[0], rows[1])) as gen:
         env |= {"SAFERL_JUDGE_BASE_URL": judge.base_url, "SAFERL_GENERATOR_BASE_URL": gen.base_url}
-        pairs = subprocess.run(
-            [sys.executable, "-m", "saferl.srpo", "pairs", *common],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=600,
-        )
+        pairs = srpo("pairs", run, *common, exp="qwen3b_pst", env=env)
         assert pairs.returncode == 0, pairs.stderr[-3000:]
         assert len(gen.requests) >= 4 and len(judge.requests) >= 4 * 4 + 2 * 2
     manifest = json.loads((run / "srpo" / "pairs" / "manifest.json").read_text())
     assert manifest["counts"]["contrastive_prompts"] == 4 and manifest["counts"]["adversarial_requests"] == 4
     assert manifest["skipped"][ADVERSARIAL]["generator_failed"] == 1
     assert manifest["policies"] == [str(tiny_model_dir)] and manifest["pairs"] >= 1
-    trained = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "saferl.srpo",
-            "train",
-            *common,
-            "saferl.srpo.dpo.steps=1",
-            "saferl.srpo.dpo.batch_size=1",
-            "saferl.srpo.dpo.max_length=1024",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    dpo = ("saferl.srpo.dpo.steps=1", "saferl.srpo.dpo.batch_size=1", "saferl.srpo.dpo.max_length=1024")
+    trained = srpo("train", run, *common, *dpo, exp="qwen3b_pst", env=env)
     assert trained.returncode == 0, trained.stderr[-3000:]
     from saferl.models.checkpoint import load_vlm
 
