@@ -11,17 +11,24 @@ that the same command on `Qwen/Qwen2.5-VL-3B-Instruct` weights runs unchanged.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 from pathlib import Path
 
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+from saferl.data.prompts import PromptBuilder
+from saferl.models.checkpoint import IncompleteCheckpointError, load_vlm
+from saferl.models.generation import generate_responses
+from saferl.models.tiny import ensure_tiny_model
+
 DEFAULT_QUESTION = "How do I kill a stuck process on this machine?"
+UNLABELLED = {"safety_label": "safe", "category": "unlabelled"}
 
 
-def demo_image():
+def demo_image() -> Image.Image:
     """A small scene with known objects: a red square, a blue circle and a line of text."""
-    from PIL import Image, ImageDraw
-
     img = Image.new("RGB", (224, 224), "white")
     draw = ImageDraw.Draw(img)
     draw.rectangle([24, 24, 104, 104], fill="red")
@@ -30,28 +37,31 @@ def demo_image():
     return img
 
 
-def generate(model_dir: str | Path, image, question: str, max_new_tokens: int = 32) -> dict:
-    """One greedy generation; returns the response and what it took, for printing or tests."""
-    import torch
+def as_row(image: Image.Image, question: str) -> dict:
+    """One QI-Safe-10K row for the prompt builder. The prompt depends on the question and the image only;
+    the dataset still requires a label and a category, so they are placeholders here."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"id": "generate:0", "question": question, "image": buffer.getvalue(), **UNLABELLED}
 
-    from saferl.models.checkpoint import load_vlm
 
+def generate(model_dir: str | Path, image: Image.Image, question: str, max_new_tokens: int = 32) -> dict:
+    """One greedy generation on the RL prompt (`saferl.data.prompts`); returns the response and what it
+    took, for printing or tests."""
     start = time.perf_counter()
     processor, model = load_vlm(model_dir)
     load_s = time.perf_counter() - start
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    inputs = processor(text=[prompt], images=[image], return_tensors="pt")
+    (prompt,) = PromptBuilder(processor).from_rows([as_row(image, question)])
     start = time.perf_counter()
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new_tokens = out[0, inputs["input_ids"].shape[1] :]
+    ((response, new_tokens),) = generate_responses(
+        model, processor, [(prompt.text, prompt.images)], do_sample=False, max_new_tokens=max_new_tokens
+    )[0]
     return {
-        "prompt": prompt,
-        "prompt_tokens": int(inputs["input_ids"].shape[1]),
-        "image_tokens": int((inputs["input_ids"] == model.config.image_token_id).sum()),
-        "response": processor.decode(new_tokens, skip_special_tokens=True),
-        "new_tokens": int(new_tokens.numel()),
+        "prompt": prompt.text,
+        "prompt_tokens": len(prompt.ids),
+        "image_tokens": sum(token == model.config.image_token_id for token in prompt.ids),
+        "response": response,
+        "new_tokens": new_tokens,
         "load_s": load_s,
         "generate_s": time.perf_counter() - start,
     }
@@ -65,20 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args(argv)
 
-    from saferl.models.checkpoint import IncompleteCheckpointError
-
     tiny = args.model is None
     if tiny:
-        from saferl.models.tiny import ensure_tiny_model
-
         start = time.perf_counter()
         args.model = ensure_tiny_model()
         print(f"tiny model: {args.model} (ready in {time.perf_counter() - start:.1f} s)")
     if args.image is None:
         image = demo_image()
     else:
-        from PIL import Image, UnidentifiedImageError
-
         try:
             image = Image.open(args.image).convert("RGB")
         except (OSError, UnidentifiedImageError) as err:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import shutil
@@ -78,32 +77,6 @@ def test_config_is_small_and_documented() -> None:
         "reflection_attempt",
     }
     assert load_warm_start_config(["steps=7"]).steps == 7
-
-
-def test_prompt_is_token_identical_to_the_rl_prompt(qi_val_dataset, processor, tiny_model_dir: Path) -> None:
-    """The SFT prompt equals what verl's agent loop builds from the same QISafeDataset row."""
-    from transformers import AutoConfig
-    from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
-
-    from saferl.data.dataset import QISafeDataset
-
-    examples = build_examples(qi_val_dataset.data_files[0], processor)
-    builder = create_continuous_token_builder(
-        processor.tokenizer,
-        hf_model_type=AutoConfig.from_pretrained(tiny_model_dir).model_type,
-        processor=processor,
-    )
-    assert len(examples) == len(qi_val_dataset)
-    for index in (0, 1, len(examples) - 1):
-        messages = qi_val_dataset[index]["raw_prompt"]
-        images, _, _ = asyncio.run(
-            QISafeDataset.process_multi_modal_info(
-                messages, image_patch_size=processor.image_processor.patch_size, config=qi_val_dataset.config
-            )
-        )
-        rl_prompt = builder.build_initial_tokens(messages, images=images)
-        assert examples[index].prompt_ids == rl_prompt
-        assert rl_prompt.count(processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")) > 0
 
 
 def test_reflection_examples_follow_each_unsafe_row_with_its_reflection(verl_data: Path, processor) -> None:
@@ -185,7 +158,7 @@ def test_second_call_is_cached_and_a_changed_cfg_retrains(
 
 
 def test_fingerprint_holds_what_changes_the_weights(tiny_model_dir: Path, verl_data: Path) -> None:
-    from saferl.warm_start import fingerprint
+    from saferl.warm_start.cache import fingerprint
 
     cfg, train = load_warm_start_config(), verl_data / "train_small.parquet"
     key, inputs = fingerprint(tiny_model_dir, train, cfg, {"train_batch_size": 4})
@@ -242,7 +215,7 @@ def test_default_warm_start_writes_think_first(
 ) -> None:
     """The default config's policy opens its greedy answers with <think> on most val prompts."""
     from saferl.models.checkpoint import load_vlm
-    from saferl.warm_start import generate_responses
+    from saferl.models.generation import generate_responses
 
     out = warm_start(
         tiny_model_dir,
@@ -252,7 +225,7 @@ def test_default_warm_start_writes_think_first(
         progress=False,
     )
     examples = build_examples(verl_data / "val.parquet", processor)
-    handful = examples[:6] + examples[-6:]
+    handful = [ex.rendered for ex in examples[:6] + examples[-6:]]
     _, model = load_vlm(out)
     responses = generate_responses(model, processor, handful, do_sample=False, max_new_tokens=16)
     rate = sum(text.lstrip().startswith("<think>") for [(text, _)] in responses) / len(responses)
@@ -261,3 +234,35 @@ def test_default_warm_start_writes_think_first(
     base_responses = generate_responses(base, processor, handful, do_sample=False, max_new_tokens=16)
     assert not any(text.lstrip().startswith("<think>") for [(text, _)] in base_responses)
     assert json.loads((out / MARKER).read_text())["inputs"]["cfg"]["steps"] == load_warm_start_config().steps
+
+
+def test_command_line_stage_reads_the_experiments_config(
+    tiny_model_dir: Path, verl_data: Path, tmp_path: Path, saferl_cache: Path
+) -> None:
+    """`python -m saferl.warm_start --exp tiny`: the experiment's `saferl.warm_start` node with the
+    command's overrides, and its `data` node for the prompts (tiny: max_prompt_length 512, not the
+    dataset default 1024), both recorded in the marker; an unknown experiment is refused by name."""
+    out = tmp_path / "policy"
+    command = [sys.executable, "-m", "saferl.warm_start", "--exp", "tiny", "--quiet"]
+    args = [
+        "--model",
+        str(tiny_model_dir),
+        "--train",
+        str(verl_data / "train_small.parquet"),
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(
+        [*command, *args, "steps=2", "batch_size=4"], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    inputs = read_marker(out)["inputs"]
+    assert (inputs["cfg"]["steps"], inputs["cfg"]["lr"]) == (2, load_warm_start_config().lr)
+    assert inputs["data"]["max_prompt_length"] == 512
+    bad = subprocess.run(
+        [sys.executable, "-m", "saferl.warm_start", "--exp", "tiny9", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode != 0 and "unknown experiment 'tiny9'; valid experiments:" in bad.stderr

@@ -72,7 +72,8 @@ def mine_policy(
 
     from rewards.verl_manager import judge_input_from_row
     from saferl.models.checkpoint import load_vlm
-    from saferl.warm_start import generate_responses, hash_model_dir
+    from saferl.models.generation import generate_responses
+    from saferl.warm_start import hash_model_dir
 
     key = cache_key(hash_model_dir(policy), pairs_cfg, reward_cfg)
     cache = cache_dir / f"candidates-{key}.jsonl"
@@ -97,7 +98,7 @@ def mine_policy(
             responses = generate_responses(
                 model,
                 processor,
-                chunk,
+                [e.rendered for e in chunk],
                 do_sample=True,
                 num_samples=int(pairs_cfg.samples_per_prompt),
                 max_new_tokens=int(pairs_cfg.max_new_tokens),

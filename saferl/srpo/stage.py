@@ -119,7 +119,8 @@ def _contrastive(
 def fingerprint(policy: str, pairs_file: str | Path, dpo_cfg: DictConfig, data_cfg: Any) -> str:
     """What a DPO checkpoint depends on: the starting policy's weights, the pairs, the DPO settings, and
     the data settings that render the prompts."""
-    from saferl.warm_start import DATA_KEYS_FINGERPRINTED, dataset_config, hash_model_dir
+    from saferl.data.prompts import DATA_KEYS_FINGERPRINTED, dataset_config
+    from saferl.warm_start import hash_model_dir
 
     data = OmegaConf.to_container(dataset_config(data_cfg), resolve=True)
     payload = {
