@@ -5,6 +5,12 @@
 Each stage writes its output under `output_dir` as it finishes (`pool.parquet`,
 `decontamination.json`, `qi_scores.jsonl`, `train.parquet` / `val.parquet`, `manifest.json`);
 scoring, the only expensive stage, is cached per candidate and resumes where a killed run stopped.
+
+Decontamination reads every benchmark through the evaluation's own registry
+(`saferl.eval.benchmarks.load_benchmark`), so the rows removed are exactly the rows the trained model
+will later be evaluated on, for all of its benchmarks, not what a training-source adapter makes of
+a benchmark's files. The layering is one way: curation imports the benchmark adapters, never the
+reverse.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import math
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +42,85 @@ class CurationError(ValueError):
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | None = None) -> DictConfig:
-    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(overrides or []))
+    """The recipe at `path` with `key=value` overrides applied one by one (values parsed as a dotlist
+    parses them), so a key inside a list entry can be set too:
+    `decontamination.benchmarks[6].location=/data/SIUO/data` (a dotlist merge cannot index a list)."""
+    cfg = OmegaConf.load(path)
+    for override in overrides or []:
+        key, sep, _ = override.partition("=")
+        if not sep or not key:
+            raise CurationError(f"override {override!r}: expected key=value")
+        value = OmegaConf.from_dotlist([f"value={override[len(key) + 1 :]}"])["value"]
+        OmegaConf.update(cfg, key, value, merge=True)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise CurationError(f"{path}: set {', '.join(missing)} (in the file or as key=value overrides)")
     return cfg
+
+
+@dataclass(frozen=True)
+class BenchmarkEntry:
+    """One `decontamination.benchmarks` entry, checked: a registry name, where its published files are
+    (None: the adapter's default), and the adapter's options (e.g. mm_safetybench's `variant`)."""
+
+    benchmark: str
+    location: str | None
+    options: dict[str, Any]
+
+
+ENTRY_KEYS = ("benchmark", "location", "options")
+
+
+def benchmark_entries(entries: Any) -> list[BenchmarkEntry]:
+    """`decontamination.benchmarks`, checked before anything is read, so a typo fails in a second
+    rather than after the pool is built; each problem names the entry by its index."""
+    from saferl.eval.benchmarks import BENCHMARKS, get_benchmark
+
+    if entries is None or isinstance(entries, (str, bytes)) or not hasattr(entries, "__iter__"):
+        raise CurationError(f"decontamination.benchmarks: expected a list of entries, got {entries!r}")
+    checked = []
+    for i, entry in enumerate(entries):
+        where = f"decontamination.benchmarks[{i}]"
+        entry = OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else entry
+        if not isinstance(entry, dict) or "benchmark" not in entry:
+            raise CurationError(
+                f"{where}: expected {{benchmark: NAME, location: PATH|null, options: {{}}}}, got {entry!r}"
+            )
+        unknown = sorted(set(entry) - set(ENTRY_KEYS))
+        if unknown:
+            raise CurationError(f"{where}: unknown keys {unknown} (an entry has {', '.join(ENTRY_KEYS)})")
+        name = entry["benchmark"]
+        if name not in BENCHMARKS:
+            raise CurationError(
+                f"{where}: unknown benchmark {name!r}; valid benchmarks: {', '.join(sorted(BENCHMARKS))}"
+            )
+        location = entry.get("location")
+        adapter = get_benchmark(name)
+        if location is None and adapter.default_location is None and adapter.hub_id is None:
+            raise CurationError(
+                f"{where}: benchmark {name!r} has no default location (no hub dataset, none shipped): "
+                "set its location to a local copy of its published files"
+            )
+        options = entry.get("options") or {}
+        if not isinstance(options, dict):
+            raise CurationError(f"{where}: options must be a mapping of the {name} adapter's options")
+        checked.append(BenchmarkEntry(name, None if location is None else str(location), options))
+    return checked
+
+
+def index_benchmarks(entries: list[BenchmarkEntry], perceptual: bool) -> BenchmarkIndex:
+    """Every entry's rows, read by the evaluation's adapter, indexed under the benchmark's name (two
+    entries of one benchmark, e.g. two mm_safetybench variants, index under the same name)."""
+    from saferl.eval.benchmarks import load_benchmark
+
+    index = BenchmarkIndex(perceptual=perceptual)
+    for i, entry in enumerate(entries):
+        try:
+            rows = load_benchmark(entry.benchmark, entry.location, **entry.options)
+        except (ValueError, TypeError) as error:  # a format error names the file; add which entry it was
+            raise CurationError(f"decontamination.benchmarks[{i}] ({entry.benchmark}): {error}") from error
+        index.add(entry.benchmark, rows)
+    return index
 
 
 def _read_rows(adapter: str, location: str, limit: int | None = None) -> list[dict]:
@@ -101,12 +182,11 @@ def run_curation(cfg: DictConfig, progress: bool = True) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
+    entries = benchmark_entries(cfg.decontamination.benchmarks)
     pool, source_counts = build_pool(list(cfg.sources))
     pq.write_table(rows_to_table(pool), out / "pool.parquet")
 
-    index = BenchmarkIndex(perceptual=bool(cfg.decontamination.perceptual))
-    for bench in cfg.decontamination.benchmarks:
-        index.add(bench.name, _read_rows(bench.adapter, bench.location))
+    index = index_benchmarks(entries, perceptual=bool(cfg.decontamination.perceptual))
     candidates, report = decontaminate(pool, index)
     (out / "decontamination.json").write_text(
         json.dumps({**report.counts(), "removed_rows": report.removed}, indent=2) + "\n"
@@ -146,6 +226,9 @@ def run_curation(cfg: DictConfig, progress: bool = True) -> dict:
         "config": OmegaConf.to_container(cfg, resolve=True),
         "sampler": sampler.name,
         "judge": judge.name,
+        # Which training run's reward scored the data (experiment, rubric version, judge kind), where
+        # the judge can say; a judge object without `provenance` is recorded by its name only.
+        "scored_by": getattr(judge, "provenance", {"judge": judge.name}),
         "counts": {
             "pool": len(pool),
             "pool_by_source": source_counts,

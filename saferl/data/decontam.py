@@ -46,13 +46,25 @@ def difference_hash(image: bytes) -> str:
     return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
 
 
+REASONS = ("image", "question", "image+question")  # how a row matched one benchmark
+
+
+def _reason(image: bool, question: bool) -> str:
+    return "image+question" if image and question else "image" if image else "question"
+
+
 @dataclass
 class BenchmarkIndex:
-    """Hashes of every benchmark sample, remembering which benchmark each came from."""
+    """Hashes of every benchmark sample, remembering every benchmark each came from.
+
+    A key held by two benchmarks (one picture published in both) keeps both, in the order they were
+    added: a pool row matching it is contamination of each, and the per-benchmark report must say so
+    rather than credit whichever benchmark happened to be listed first.
+    """
 
     perceptual: bool = False
-    images: dict[str, str] = field(default_factory=dict)
-    questions: dict[str, str] = field(default_factory=dict)
+    images: dict[str, list[str]] = field(default_factory=dict)
+    questions: dict[str, list[str]] = field(default_factory=dict)
     sizes: Counter = field(default_factory=Counter)
 
     def image_keys(self, image: bytes) -> list[str]:
@@ -62,59 +74,88 @@ class BenchmarkIndex:
         return keys
 
     def add(self, benchmark: str, rows: Iterable[dict]) -> None:
+        """Index `rows` under `benchmark`; adding a benchmark again (another variant of it) extends it."""
+        self.sizes[benchmark] += 0  # listed even with no rows, so the report names every benchmark
         for row in rows:
             self.sizes[benchmark] += 1
             for key in self.image_keys(row["image"]):
-                self.images.setdefault(key, benchmark)
+                _remember(self.images, key, benchmark)
             question = normalize_question(row["question"])
             if question:
-                self.questions.setdefault(question, benchmark)
+                _remember(self.questions, question, benchmark)
 
-    def match(self, row: dict) -> tuple[str, str] | None:
-        """(benchmark, reason) for a contaminated row, else None. Reason: image, question or both."""
-        image_hit = next((self.images[k] for k in self.image_keys(row["image"]) if k in self.images), None)
-        question_hit = self.questions.get(normalize_question(row["question"]))
-        if image_hit and question_hit:
-            return image_hit, "image+question"
-        if image_hit:
-            return image_hit, "image"
-        if question_hit:
-            return question_hit, "question"
-        return None
+    def matches(self, row: dict) -> dict[str, str]:
+        """Every benchmark `row` matches, in the order benchmarks were added, with how: a reason of
+        `REASONS`. Empty for a clean row."""
+        by_image = {b for key in self.image_keys(row["image"]) for b in self.images.get(key, ())}
+        by_question = set(self.questions.get(normalize_question(row["question"]), ()))
+        return {
+            b: _reason(b in by_image, b in by_question) for b in self.sizes if b in by_image | by_question
+        }
+
+
+def _remember(keys: dict[str, list[str]], key: str, benchmark: str) -> None:
+    holders = keys.setdefault(key, [])
+    if benchmark not in holders:
+        holders.append(benchmark)
 
 
 @dataclass
 class DecontaminationReport:
-    benchmarks: dict[str, int]
+    """What decontamination removed. A removed row names its first matching benchmark (`benchmark`),
+    how it matched any benchmark (`reason`), and every benchmark it matched (`matches`): per-benchmark
+    counts count a row under each benchmark it matched, so they can add up to more than `removed`."""
+
+    benchmarks: dict[str, int]  # benchmark -> rows indexed, every benchmark listed
     checked: int = 0
     removed: list[dict] = field(default_factory=list)
 
+    def per_benchmark(self) -> dict[str, dict]:
+        """benchmark -> rows indexed, pool rows removed, and those by reason; zeros where none."""
+        report = {
+            name: {"rows_indexed": size, "rows_removed": 0, "removed_by": dict.fromkeys(REASONS, 0)}
+            for name, size in self.benchmarks.items()
+        }
+        for row in self.removed:
+            for name, reason in row["matches"].items():
+                report[name]["rows_removed"] += 1
+                report[name]["removed_by"][reason] += 1
+        return report
+
     def counts(self) -> dict:
-        by_benchmark = Counter(r["benchmark"] for r in self.removed)
-        by_reason = Counter(r["reason"] for r in self.removed)
-        by_source = Counter(r["source"] for r in self.removed)
+        per_benchmark = self.per_benchmark()
         return {
             "checked": self.checked,
             "removed": len(self.removed),
             "benchmarks": self.benchmarks,
-            "removed_by_benchmark": dict(by_benchmark),
-            "removed_by_reason": dict(by_reason),
-            "removed_by_source": dict(by_source),
+            "per_benchmark": per_benchmark,
+            "removed_by_benchmark": {name: b["rows_removed"] for name, b in per_benchmark.items()},
+            "removed_by_reason": dict(Counter(r["reason"] for r in self.removed)),
+            "removed_by_source": dict(Counter(r["source"] for r in self.removed)),
         }
 
 
 def decontaminate(rows: Iterable[dict], index: BenchmarkIndex) -> tuple[list[dict], DecontaminationReport]:
-    """Rows with no match in `index`, and a report naming every removed row, its benchmark and reason."""
+    """Rows with no match in `index`, and a report naming every removed row, its benchmarks and reasons."""
     report = DecontaminationReport(benchmarks=dict(index.sizes))
     kept = []
     for row in rows:
         report.checked += 1
-        hit = index.match(row)
-        if hit is None:
+        matches = index.matches(row)
+        if not matches:
             kept.append(row)
-        else:
-            benchmark, reason = hit
-            report.removed.append(
-                {"id": row["id"], "source": row["source"], "benchmark": benchmark, "reason": reason}
-            )
+            continue
+        # The row's own reason is over every benchmark it matched: its image in one, its question in another
+        # is image+question.
+        image = any("image" in reason for reason in matches.values())
+        question = any("question" in reason for reason in matches.values())
+        report.removed.append(
+            {
+                "id": row["id"],
+                "source": row["source"],
+                "benchmark": next(iter(matches)),
+                "reason": _reason(image, question),
+                "matches": matches,
+            }
+        )
     return kept, report
