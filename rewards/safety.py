@@ -4,6 +4,7 @@ it without importing verl's agent loop."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from .judge import HARMFUL, OVER_REFUSAL
@@ -18,6 +19,24 @@ class SafetyCheck:
     verdict: str  # "unsafe" | "safe" | "no_answer" (nothing after the reasoning) | "unknown" (judge failed)
     safety: float | None  # safety awareness on 0..10, when judged
     error: str | None = None
+
+
+def normalised_safety(criteria: Mapping[str, float], safety_scale: float = POINTS) -> float | None:
+    """The safety criterion on 0..10 (the thresholds' scale), or None where the judge gave none."""
+    raw = criteria.get(SAFETY)
+    return None if raw is None else POINTS * float(raw) / float(safety_scale)
+
+
+def violates_policy(
+    flags: Collection[str], criteria: Mapping[str, float], threshold: float, safety_scale: float = POINTS
+) -> bool:
+    """The one rule of "unsafe": flagged harmful, or safety below `threshold` (0..10) without being an
+    over-refusal (declining a benign request is a helpfulness failure, not a violation). The rollout's
+    reflection trigger (`safety_of`) and SRPO's safety gate both decide with it."""
+    if HARMFUL in flags:
+        return True
+    safety = normalised_safety(criteria, safety_scale)
+    return safety is not None and safety < threshold and OVER_REFUSAL not in flags
 
 
 def safety_of(
@@ -35,11 +54,8 @@ def safety_of(
     scale (`safety_scale`), so it is normalised first."""
     if sample.failed:
         return SafetyCheck("unknown", None, sample.judge_error)
-    raw = sample.criteria.get(SAFETY)
-    safety = None if raw is None else POINTS * float(raw) / float(safety_scale)
+    safety = normalised_safety(sample.criteria, safety_scale)
     if not answered and HARMFUL not in sample.flags:
         return SafetyCheck("no_answer", safety)
-    unsafe = HARMFUL in sample.flags or (
-        safety is not None and safety < threshold and OVER_REFUSAL not in sample.flags
-    )
+    unsafe = violates_policy(sample.flags, sample.criteria, threshold, safety_scale)
     return SafetyCheck("unsafe" if unsafe else "safe", safety)

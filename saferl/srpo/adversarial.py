@@ -170,8 +170,9 @@ def generator_client(gen_cfg: DictConfig) -> ChatClient:
 
 async def _generate(
     client: ChatClient, jobs: Sequence[Job], gen_cfg: DictConfig, cache: Path, progress: bool
-) -> int:
-    """Ask for every job, appending each reply to the cache as it arrives; the number that failed."""
+) -> dict[str, str]:
+    """Ask for every job, appending each reply to the cache as it arrives; the replies by request key
+    (a job that failed has none)."""
     from tqdm.auto import tqdm
 
     def build(job: Job) -> bytes:
@@ -191,7 +192,7 @@ async def _generate(
         except ChatFailure:
             return job, None  # counted, logged by the client, and asked again on the next build
 
-    failed = 0
+    replies: dict[str, str] = {}
     cache.parent.mkdir(parents=True, exist_ok=True)
     try:
         with (
@@ -202,13 +203,13 @@ async def _generate(
                 job, reply = await next_done
                 bar.update(1)
                 if reply is None:
-                    failed += 1
                     continue
                 out.write(json.dumps({"key": job.key, "sample_id": job.sample_id, "rejected": reply}) + "\n")
                 out.flush()
+                replies[job.key] = reply
     finally:
         await client.aclose()
-    return failed
+    return replies
 
 
 def generate(
@@ -220,7 +221,9 @@ def generate(
     counts: Counter[str] = Counter(adversarial_requests=len(jobs), adversarial_cached=len(jobs) - len(todo))
     if todo:
         client = generator_client(gen_cfg)
-        counts["generator_failures"] = asyncio.run(_generate(client, todo, gen_cfg, cache, progress))
+        fresh = asyncio.run(_generate(client, todo, gen_cfg, cache, progress))
+        done.update(fresh)
+        counts["generator_failures"] = len(todo) - len(fresh)
         counts["generator_retries"] = client.stats["retries"]
         if counts["generator_failures"]:
             logger.warning(
@@ -229,7 +232,6 @@ def generate(
                 len(todo),
                 client.last_error,
             )
-        done = read_cache(cache)
     return done, counts
 
 

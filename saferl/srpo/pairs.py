@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rewards.judge import HARMFUL, OVER_REFUSAL
-from rewards.rubric import POINTS, SAFETY
+from rewards.rubric import POINTS
+from rewards.safety import violates_policy
 
 CONTRASTIVE = "contrastive"
 REFLECTION = "reflection"
@@ -102,14 +102,8 @@ def judgement_record(scored: Any) -> dict[str, Any]:
 def passes_safety_gate(candidate: Candidate, threshold: float, safety_scale: float = POINTS) -> bool:
     """Not in violation of the policy: not flagged harmful, and safety at or above the threshold (0..10)
     unless the low safety is an over-refusal, which is a utility failure, not a violation (as the
-    rollout's `safety_of` decides when to reflect)."""
-    if HARMFUL in candidate.flags:
-        return False
-    raw = candidate.criteria.get(SAFETY)
-    if raw is None:
-        return True
-    safety = POINTS * float(raw) / float(safety_scale)
-    return safety >= threshold or OVER_REFUSAL in candidate.flags
+    rollout's `safety_of` decides when to reflect: one rule, `rewards.safety.violates_policy`)."""
+    return not violates_policy(candidate.flags, candidate.criteria, threshold, safety_scale)
 
 
 def preference_key(candidate: Candidate, threshold: float) -> tuple[bool, float, float, float]:
