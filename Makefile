@@ -20,18 +20,19 @@ format:
 	ruff format .
 	ruff check --fix .
 
+# Every quick benchmark (benchmarks/: tiny model, data pipeline, judge client, CPU rollout), one table and
+# one JSON line; ARGS=--quick for fewer repeats and sizes, ARGS="--only NAME[,NAME]" for some.
 bench:
-	$(PYTHON) -m saferl.models.bench
-	$(PYTHON) -m saferl.data.bench
+	$(PYTHON) -m benchmarks $(ARGS)
 
 # The full tiny learning run (about a quarter of an hour on 2 cores): time, peak memory, the val curve.
 bench-train:
-	$(PYTHON) -m saferl.bench_train
+	$(PYTHON) -m benchmarks.train $(ARGS)
 
 # Does the loop learn? tiny on 3 seeds, per row group, with the proof's checks (~30 min on 2 cores);
 # ARGS=--ablation adds plain GRPO and the scalar safety reward (~80 min).
 bench-learning:
-	$(PYTHON) -m saferl.bench_learning $(ARGS)
+	$(PYTHON) -m benchmarks.learning $(ARGS)
 
 ci:
 	bash .ci/run

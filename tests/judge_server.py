@@ -8,7 +8,7 @@ the benchmark get well-formed, deterministic verdicts.
 
 - `FakeJudgeServer` runs the server in a background thread with its own event loop (for tests);
   `serve_forever` / `python tests/judge_server.py --port P --latency-ms 200` runs it as a process (for
-  `rewards.bench`, so the server's CPU does not count as the client's).
+  `benchmarks.judge_client`, so the server's CPU does not count as the client's).
 - `script([...])` queues one behaviour per request: `{"content": text}`, `{"status": 503}`,
   `{"hang": seconds}` (then answers as the default grader), `{"drop": True}` (closes the connection).
 - `responder(body) -> text` replaces the default grader: the same server then stands in for another model

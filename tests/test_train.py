@@ -5,7 +5,7 @@ backend, with saferl's parts (`safe_reflect`, `saferl_safety`, `QISafeDataset`, 
 SIGKILL mid-training and started again with the same command.
 
 The smoke experiment is `tiny` cut short (2 steps); the learning run itself is a benchmark
-(`python -m saferl.bench_train`), not a test.
+(`python -m benchmarks.train`), not a test.
 """
 
 from __future__ import annotations

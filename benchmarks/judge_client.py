@@ -6,7 +6,9 @@ latency L the ideal rate is concurrency / L; the client is good enough when it r
 < 2 ms of its own CPU per request. The fake server (tests/judge_server.py) runs as a separate process so
 its CPU is not counted as the client's.
 
-    python -m rewards.bench --latency-ms 200 --concurrency 64 --n 2000
+    python -m benchmarks.judge_client [--latency-ms 200] [--concurrency 64] [--n 2000] [--quick]
+
+Prints its table, then one JSON object (the last line). `--quick`: 1000 requests.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import socket
 import subprocess
 import sys
@@ -24,9 +25,13 @@ from typing import Any
 
 from PIL import Image
 
-from .judge import JudgeInput
-from .judges.openai import OpenAIJudge
-from .rubric import load_reward_config, rubric_from_config
+from benchmarks import Row, emit, target
+from rewards.judge import JudgeInput
+from rewards.judges.openai import OpenAIJudge
+from rewards.rubric import load_reward_config, rubric_from_config
+
+RATIO_TARGET = 0.9  # of the ideal rate, concurrency / latency
+CPU_TARGET_MS = 2.0  # client CPU per request
 
 SERVER_SCRIPT = Path(__file__).resolve().parents[1] / "tests" / "judge_server.py"
 
@@ -122,18 +127,39 @@ def run(latency_ms: float, concurrency: int, n: int, mode: str = "default") -> d
         "concurrency": concurrency,
         "latency_ms": latency_ms,
         "wall_s": round(wall, 3),
-        "targets": {"ratio>=0.9": throughput / ideal >= 0.9, "cpu_ms<2": cpu_ms < 2},
+        "targets": {
+            f"ratio>={RATIO_TARGET:g}": throughput / ideal >= RATIO_TARGET,
+            f"cpu_ms<{CPU_TARGET_MS:g}": cpu_ms < CPU_TARGET_MS,
+        },
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def headline(figures: dict[str, Any]) -> list[Row]:
+    return [
+        ("throughput (requests/s)", figures["throughput_rps"], f"ideal {figures['ideal_rps']:g}"),
+        ("throughput / ideal", figures["ratio"], target(figures["ratio"], ">=", RATIO_TARGET)),
+        (
+            "client CPU per request (ms)",
+            figures["client_cpu_ms_per_request"],
+            target(figures["client_cpu_ms_per_request"], "<", CPU_TARGET_MS, " ms"),
+        ),
+        (f"failed judgements of {figures['n']}", figures["failures"], target(figures["failures"], "==", 0)),
+    ]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.judge_client", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--n", type=int, help="requests (default 2000; 1000 with --quick)")
     parser.add_argument("--mode", choices=("default", "obedient"), default="default")
+    parser.add_argument("--quick", action="store_true", help="1000 requests (unless --n is given)")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.latency_ms, args.concurrency, args.n, args.mode), indent=2))
+    n = args.n or (1000 if args.quick else 2000)
+    figures = run(args.latency_ms, args.concurrency, n, args.mode)
+    return emit("judge_client", figures, headline(figures))
 
 
 if __name__ == "__main__":

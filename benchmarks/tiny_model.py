@@ -1,19 +1,25 @@
 """Benchmark the tiny offline model: cold build, cached lookup, load, forward and generate.
 
-    python -m saferl.models.bench [--tokenizers bpe qwen] [--repeats 3]
+    python -m benchmarks.tiny_model [--tokenizers bpe qwen] [--repeats 3] [--quick]
 
-Prints one JSON object. Targets (issue 2): build <= 30 s, load <= 1 s on a 2-core CPU.
+Prints its table, then one JSON object (the last line). Targets (issue 2): build <= 30 s, load <= 1 s on a
+2-core CPU. `--quick`: the `bpe` tokenizer only, one repeat.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from benchmarks import Row, emit, target
+
+BUILD_TARGET_S = 30
+LOAD_TARGET_S = 1
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -57,26 +63,47 @@ def bench(tokenizer: str, repeats: int, workdir: Path) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "checkpoint_mb": round(sum(f.stat().st_size for f in path.iterdir()) / 1e6, 2),
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
-        "targets_met": build_s <= 30 and load_s <= 1,
+        "targets_met": build_s <= BUILD_TARGET_S and load_s <= LOAD_TARGET_S,
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def headline(figures: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for tok, r in figures["results"].items():
+        rows += [
+            (f"{tok}: build (s)", r["build_s"], target(r["build_s"], "<=", BUILD_TARGET_S, " s")),
+            (f"{tok}: load (s)", r["load_s"], target(r["load_s"], "<=", LOAD_TARGET_S, " s")),
+            (f"{tok}: cached lookup (s)", r["cached_lookup_s"], ""),
+            (f"{tok}: forward (s)", r["forward_s"], ""),
+            (f"{tok}: generate 16 tokens (s)", r["generate_16_tokens_s"], ""),
+            (f"{tok}: parameters", r["parameters"], ""),
+        ]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
-        prog="python -m saferl.models.bench", description=__doc__.split("\n\n")[0]
+        prog="python -m benchmarks.tiny_model", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--tokenizers", nargs="+", default=["bpe", "qwen"], choices=["bpe", "qwen"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tokenizers", nargs="+", default=None, choices=["bpe", "qwen"])
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="bpe only, one repeat (unless given)")
     args = parser.parse_args(argv)
+    tokenizers = args.tokenizers or (["bpe"] if args.quick else ["bpe", "qwen"])
+    repeats = args.repeats or (1 if args.quick else 3)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
-        results = {tok: bench(tok, args.repeats, Path(tmp)) for tok in args.tokenizers}
-    report = {"cpu_threads": torch.get_num_threads(), "cores": os.cpu_count(), "results": results}
-    print(json.dumps(report, indent=2))
-    return 0
+        results = {tok: bench(tok, repeats, Path(tmp)) for tok in tokenizers}
+    report = {
+        "cpu_threads": torch.get_num_threads(),
+        "cores": os.cpu_count(),
+        "repeats": repeats,
+        "results": results,
+    }
+    return emit("tiny_model", report, headline(report))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

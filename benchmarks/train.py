@@ -1,14 +1,16 @@
-"""`python -m saferl.bench_train [--baseline CHECKOUT] [overrides]`: the `tiny` learning run as a benchmark.
+"""`python -m benchmarks.train [--baseline CHECKOUT] [overrides]`: the `tiny` learning run as a benchmark.
 
 Runs `python -m saferl.train +exp=tiny` exactly as the README does, in a subprocess, and prints what the
 training issues ask of it: wall time, seconds per training step (verl's `timing_s/step`), peak memory of
 the whole process tree (driver, Ray, verl's workers, rollout servers, reward worker; sampled, PSS and RSS) and
-the validation curve under verl's names. Whether the run learned is `saferl.bench_learning`'s question (per
+the validation curve under verl's names. Whether the run learned is `benchmarks.learning`'s question (per
 row group, over seeds); it runs each of its runs through `run_tiny` here.
 
 `--baseline CHECKOUT` runs the same command in another checkout of the project first (for example a
 `git worktree` of an earlier commit), in the same invocation and on the same settings, and prints both
-side by side with the ratio of their seconds per step. A benchmark, not a test: figures as JSON.
+side by side with the ratio of their seconds per step. A benchmark, not a test: a table, then the figures
+as one JSON line; the exit code is the run's. About a quarter of an hour on 2 cores, so `python -m
+benchmarks` lists it rather than running it.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
+from benchmarks import Row, emit, target
 from saferl.train import REPO_ROOT
 
 TIME_BUDGET_S = 15 * 60
@@ -150,11 +154,34 @@ def run_tiny(checkout: Path, overrides: list[str], run_dir: Path | None = None) 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def headline(figures: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for side in ("baseline", "this"):
+        if side not in figures:
+            continue
+        run = figures[side]
+        last = run["curve"][-1] if run["curve"] else {}
+        rows += [
+            (f"{side}: exit code", run["exit_code"], target(run["exit_code"], "==", 0)),
+            (f"{side}: wall (s)", run["wall_s"], target(run["wall_s"], "<=", TIME_BUDGET_S, " s")),
+            (f"{side}: s/step (mean)", run["seconds_per_step"]["mean"], ""),
+            (
+                f"{side}: peak PSS (GB)",
+                run["peak_pss_gb"],
+                target(run["peak_pss_gb"], "<=", MEMORY_BUDGET_GB, " GB"),
+            ),
+            (f"{side}: val harmful rate, last (step {last.get('step', '-')})", last.get("harmful_rate"), ""),
+        ]
+    if "step_time_ratio_this_over_baseline" in figures:
+        rows.append(("s/step, this / baseline", figures["step_time_ratio_this_over_baseline"], ""))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, help="another checkout to run the same command in first")
     args, overrides = parser.parse_known_args(argv)
-    report: dict[str, object] = {}
+    report: dict[str, Any] = {}
     if args.baseline:
         report["baseline"] = run_tiny(args.baseline.resolve(), overrides)
     report["this"] = run_tiny(REPO_ROOT, overrides)
@@ -164,9 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             report["baseline"]["seconds_per_step"]["mean"],
         )
         report["step_time_ratio_this_over_baseline"] = round(ours / theirs, 3) if ours and theirs else None
-    print(json.dumps(report, indent=2))
-    return int(report["this"]["exit_code"])
+    return emit("train", report, headline(report))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(int(main()["this"]["exit_code"]))

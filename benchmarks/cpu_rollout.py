@@ -1,6 +1,6 @@
-"""Benchmarks for the CPU rollout path, printed as ONE JSON object (one key per section).
+"""Benchmarks for the CPU rollout path (`rollout/`): a table, then ONE JSON object (one key per section).
 
-    python -m rollout.bench [--requests 64] [--max-tokens 32]
+    python -m benchmarks.cpu_rollout [--requests 64] [--max-tokens 32] [--only SECTION] [--quick]
 
 Why: the rollout servers exist so verl's agent loops can run on CPU at a usable speed. The throughput
 section checks the two claims that justify their design: batching concurrent requests beats calling
@@ -9,8 +9,9 @@ throughput (target: 2 actors >= 1.6x 1 actor). Every run uses the same prompts (
 the QI-Safe sample) and sampling settings, and forces every response to exactly `--max-tokens` tokens
 (`min_tokens`), so tokens/s compare like for like.
 
-Sections are functions `bench_<name>(args) -> dict` listed in `SECTIONS`; a new one (e.g. the
-reflection benchmark) is a function plus one entry there.
+Sections are functions `bench_<name>(args) -> dict` listed in `SECTIONS`; a new one is a function plus
+one entry there (and its rows in `headline`). `--quick`: 32 requests, 2 rounds, f = 0.5 only (explicit
+arguments still win); the speedup target is for the full sizes.
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks import Row, emit, target
 from saferl.resources import SAMPLE_DIR
 
 DATA_FILE = SAMPLE_DIR / "val.parquet"
@@ -365,10 +365,14 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "throughput": bench_throughput,
     "reflection": bench_reflection,
 }
+# `--quick`'s defaults.
+QUICK = {"requests": 32, "repeats": 2, "reflect_fractions": [0.5]}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m rollout.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.cpu_rollout", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--requests", type=int, default=64, help="requests per measurement")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens generated per request")
     parser.add_argument("--max-batch-size", type=int, default=8, help="server batch cap (throughput)")
@@ -387,16 +391,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", choices=sorted(SECTIONS), action="append", help="run only these sections (repeatable)"
     )
-    return parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true", help=f"smaller defaults: {QUICK}")
+    args = parser.parse_args(argv)
+    if args.quick:  # the quick sizes become the defaults: an argument given explicitly still wins
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def headline(figures: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    if "throughput" in figures:
+        t = figures["throughput"]
+        rows += [
+            ("in-process generate (tokens/s)", t["in_process"]["tokens_per_s"], ""),
+            (
+                "1 server (tokens/s)",
+                t["servers_1"]["tokens_per_s"],
+                f"x{t['speedup_1_vs_inprocess']:g} in-process",
+            ),
+            ("2 servers (tokens/s)", t["servers_2"]["tokens_per_s"], ""),
+            (
+                "speedup 2 vs 1 server",
+                t["speedup_2_vs_1"],
+                target(t["speedup_2_vs_1"], ">=", TARGET_SPEEDUP_2_VS_1),
+            ),
+        ]
+    if "reflection" in figures:
+        r = figures["reflection"]
+        rows.append(("reflection wall, f=0 (s)", r["f=0"]["wall_s"], ""))
+        for key, entry in r.items():
+            if key.startswith("f=") and key != "f=0":
+                rows.append(
+                    (
+                        f"reflection wall, {key} / f=0",
+                        entry["ratio_to_f0"],
+                        target(entry["ratio_to_f0"], "<=", entry["bound"]),
+                    )
+                )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     result = {name: fn(args) for name, fn in SECTIONS.items() if not args.only or name in args.only}
-    print(json.dumps(result, indent=2))
-    return 0
+    return emit("cpu_rollout", result, headline(result))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,4 +1,4 @@
-"""`python -m saferl.bench_learning [--ablation] [--seeds 0,1,2] [--out DIR] [overrides]`: does the loop learn?
+"""`python -m benchmarks.learning [--ablation] [--seeds 0,1,2] [--out DIR] [overrides]`: does the loop learn?
 
 The tiny benchmark's proof (issue 14): `python -m saferl.train +exp=tiny` on several seeds, each run's
 validations read per row group (`saferl.learning`: the headline rows a tiny model can see, the
@@ -11,9 +11,11 @@ image-decided twins, the typographic rows apart), and the proof's checks on the 
   penalty 0) instead of the structured one.
 
 Runs go to `DIR/<arm>/seed_<N>` and are resumed, not redone, when the command is run again (a finished run
-is read as it is). It prints one JSON object and writes `DIR/learning.json`, `DIR/learning.md` (the
-table: harmful, benign refusal and format before and after RL, per arm, mean and spread over seeds) and
-`DIR/learning.png` (every seed's curve). A benchmark, not a test: on 2 idle cores a run takes ~10 min.
+is read as it is). It writes `DIR/learning.json`, `DIR/learning.md` (the table: harmful, benign refusal
+and format before and after RL, per arm, mean and spread over seeds) and `DIR/learning.png` (every seed's
+curve), and prints the proof's checks as a table, then the summary and the proof as one JSON line; the
+exit code is 1 when a check on the method's median run fails. A benchmark, not a test: on 2 idle cores a
+run takes ~10 min, so `python -m benchmarks` lists it rather than running it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks import Row, emit
 from saferl.learning import FIGURES, GROUPS, Figures, as_json, curve, proof
 from saferl.resume import logged_steps
 from saferl.train import REPO_ROOT
@@ -59,7 +62,7 @@ def finished(run_dir: Path, steps: int) -> bool:
 
 def run_arm(arm: str, seed: int, out: Path, steps: int, overrides: list[str]) -> dict[str, Any]:
     """One run (or the one already on disk), with its curve per row group."""
-    from saferl.bench_train import run_tiny
+    from benchmarks.train import run_tiny
 
     run_dir = out / arm / f"seed_{seed}"
     run = {"arm": arm, "seed": seed, "run_dir": str(run_dir)}
@@ -159,8 +162,29 @@ def plot(runs: Sequence[Mapping[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def headline(figures: dict[str, Any]) -> list[Row]:
+    """The headline rows' figures before → after RL per arm (mean over seeds), and the proof's checks."""
+    rows: list[Row] = []
+    for arm, groups in figures["table"].items():
+        row = groups.get("headline")
+        if row:
+            for name in FIGURES:
+                rows.append((f"{arm}: headline {name} % (before → after)", _cell(row, name), ""))
+    for arm, checks in figures["proof"].items():
+        rows += [
+            (f"{arm}: proof: {c['name']}", c["detail"], "ok" if c["passed"] else "MISSED") for c in checks
+        ]
+    return rows
+
+
+def passed(figures: Mapping[str, Any]) -> bool:
+    return all(c["passed"] for c in figures["proof"]["full"])
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.learning", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--ablation", action="store_true", help="all three arms (default: the method only)")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the method's runs")
     parser.add_argument("--steps", type=int, default=80, help="training steps per run (tiny's own: 80)")
@@ -173,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     runs = []
     for arm, seed in plan:
-        print(f"saferl bench_learning: {arm} seed {seed}", file=sys.stderr, flush=True)
+        print(f"benchmarks.learning: {arm} seed {seed}", file=sys.stderr, flush=True)
         runs.append(run_arm(arm, seed, out, args.steps, overrides))
     table = summary(runs)
     checks = {arm: proof([r["curve"] for r in runs if r["arm"] == arm]) for arm in table}
@@ -187,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / "learning.json").write_text(json.dumps(report, indent=2))
     (out / "learning.md").write_text(markdown(table, checks) + "\n")
     plot(runs, out / "learning.png")
-    print(json.dumps(report["table"] | {"proof": report["proof"]}, indent=2))
-    return 0 if all(c.passed for c in checks["full"]) else 1
+    figures = {"table": table, "proof": report["proof"], "out": str(out)}
+    return emit("learning", figures, headline(figures))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(0 if passed(main()) else 1)
