@@ -30,8 +30,8 @@ from typing import Any
 
 from benchmarks import Row, emit
 from saferl.learning import FIGURES, GROUPS, Figures, as_json, curve, proof
+from saferl.resources import ROOT as REPO_ROOT
 from saferl.resume import logged_steps
-from saferl.train import REPO_ROOT
 
 ARMS: dict[str, list[str]] = {
     "full": [],

@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 
 from benchmarks import Row, emit, target
-from saferl.train import REPO_ROOT
+from saferl.resources import ROOT as REPO_ROOT
 
 TIME_BUDGET_S = 15 * 60
 MEMORY_BUDGET_GB = 12.0

@@ -166,7 +166,7 @@ def test_references_fit_tinys_turn_budget(tiny_model_dir: Path) -> None:
     from hydra import compose, initialize_config_dir
     from transformers import AutoTokenizer
 
-    from saferl.train import CONF_DIR
+    from saferl.resources import CONF_DIR
 
     with initialize_config_dir(str(CONF_DIR), version_base=None):
         cfg = compose("train", overrides=["+exp=tiny"])

@@ -85,7 +85,7 @@ def test_eval_config_composes_for_every_experiment(exp: str, monkeypatch: pytest
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from saferl.train import CONF_DIR
+    from saferl.resources import CONF_DIR
 
     monkeypatch.setenv("SAFERL_DATA_DIR", "/data/qi-safe-10k")
     with initialize_config_dir(str(CONF_DIR), version_base=None):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from saferl.train import REPO_ROOT
+from saferl.resources import ROOT as REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,8 @@ from judge_server import FakeJudgeServer
 from omegaconf import OmegaConf
 
 from saferl.preflight import SecretInConfigError, check_no_secrets
-from saferl.train import CONF_DIR, REPO_ROOT
+from saferl.resources import CONF_DIR
+from saferl.resources import ROOT as REPO_ROOT
 
 EXPERIMENTS = tuple(sorted(p.stem for p in (CONF_DIR / "exp").glob("*.yaml")))
 
@@ -346,7 +347,7 @@ def test_qwen3b_pst_chains_warm_start_srpo_and_grpo_through_one_run_directory(tm
     assert cfg.actor_rollout_ref.rollout.name == "vllm" and cfg.trainer.experiment_name == "qwen3b_pst"
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     with pytest.raises(ValueError, match=r"saferl.srpo.policy=.*set one or the other"):
-        from saferl.train import srpo_stage
+        from saferl.stages import srpo_stage
 
         composed_cpu = composed("+exp=tiny", "saferl.srpo.policy=/some/policy")
         srpo_stage(composed_cpu)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from saferl.resources import CONF_DIR
 from saferl.srpo.pairs import CONTRASTIVE
-from saferl.train import prepare_policy, run_directory
+from saferl.stages import prepare_policy, run_directory
 
 logger = logging.getLogger("saferl.srpo")
 
