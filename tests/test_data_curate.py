@@ -23,6 +23,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from saferl.data.benchmarks import BENCHMARKS, load_benchmark
 from saferl.data.curate import (
     CurationError,
     benchmark_entries,
@@ -35,7 +36,6 @@ from saferl.data.decontam import BenchmarkIndex, decontaminate, normalize_questi
 from saferl.data.schema import rows_to_table
 from saferl.data.sources import load_source
 from saferl.data.validate import read_rows, validate
-from saferl.eval.benchmarks import BENCHMARKS, load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "sources"
@@ -246,7 +246,7 @@ def test_benchmark_entries_are_checked() -> None:
 def test_benchmarks_do_not_import_curation() -> None:
     """Layering: curation reads the evaluation's adapters, so they must not need curation (or the reward)."""
     code = (
-        "import sys; from saferl.eval.benchmarks import BENCHMARKS, get_benchmark; "
+        "import sys; from saferl.data.benchmarks import BENCHMARKS, get_benchmark; "
         "[get_benchmark(n) for n in BENCHMARKS]; "
         "bad = [m for m in sys.modules if m in ('saferl.data.curate', 'saferl.data.qi') or m.startswith('rewards')]; "
         "print(bad); sys.exit(1 if bad else 0)"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from saferl.eval.benchmarks import BENCHMARKS
+from saferl.data.benchmarks import BENCHMARKS
 from saferl.eval.run import check_meta, resolve_checkpoints
 from saferl.files import append_jsonl, read_jsonl
 

@@ -247,7 +247,7 @@ def test_vlguard_reads_the_extracted_folder_like_the_zip(tmp_path: Path) -> None
 
 def test_category_map_file() -> None:
     maps = load_category_maps()
-    from saferl.eval.benchmarks import BENCHMARKS
+    from saferl.data.benchmarks import BENCHMARKS
 
     # Every training source has a section; the rest belong to evaluation benchmarks, none is stray.
     assert set(SOURCES) <= set(maps) <= set(SOURCES) | set(BENCHMARKS)

@@ -7,7 +7,7 @@ Each stage writes its output under `output_dir` as it finishes (`pool.parquet`,
 scoring, the only expensive stage, is cached per candidate and resumes where a killed run stopped.
 
 Decontamination reads every benchmark through the evaluation's own registry
-(`saferl.eval.benchmarks.load_benchmark`), so the rows removed are exactly the rows the trained model
+(`saferl.data.benchmarks.load_benchmark`), so the rows removed are exactly the rows the trained model
 will later be evaluated on, for all of its benchmarks, not what a training-source adapter makes of
 a benchmark's files. The layering is one way: curation imports the benchmark adapters, never the
 reverse.
@@ -74,7 +74,7 @@ ENTRY_KEYS = ("benchmark", "location", "options")
 def benchmark_entries(entries: Any) -> list[BenchmarkEntry]:
     """`decontamination.benchmarks`, checked before anything is read, so a typo fails in a second
     rather than after the pool is built; each problem names the entry by its index."""
-    from saferl.eval.benchmarks import BENCHMARKS, get_benchmark
+    from saferl.data.benchmarks import BENCHMARKS, get_benchmark
 
     if entries is None or isinstance(entries, (str, bytes)) or not hasattr(entries, "__iter__"):
         raise CurationError(f"decontamination.benchmarks: expected a list of entries, got {entries!r}")
@@ -111,7 +111,7 @@ def benchmark_entries(entries: Any) -> list[BenchmarkEntry]:
 def index_benchmarks(entries: list[BenchmarkEntry], perceptual: bool) -> BenchmarkIndex:
     """Every entry's rows, read by the evaluation's adapter, indexed under the benchmark's name (two
     entries of one benchmark, e.g. two mm_safetybench variants, index under the same name)."""
-    from saferl.eval.benchmarks import load_benchmark
+    from saferl.data.benchmarks import load_benchmark
 
     index = BenchmarkIndex(perceptual=perceptual)
     for i, entry in enumerate(entries):

@@ -265,8 +265,8 @@ class Evaluation:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        from saferl.data.benchmarks import load_benchmark
         from saferl.data.verl_format import convert_rows
-        from saferl.eval.benchmarks import load_benchmark
 
         names = [str(b) for b in self.eval.benchmarks]
         if not names:

@@ -1,4 +1,4 @@
-"""Every benchmark adapter in `saferl/eval/benchmarks/` on fixtures in its benchmark's published format.
+"""Every benchmark adapter in `saferl/data/benchmarks/` on fixtures in its benchmark's published format.
 
 First the registry and the contract every adapter keeps, parametrized over all eight; then each
 adapter's own format, one section per adapter in registry order; last, the fixture script itself.
@@ -20,6 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from saferl.data.benchmarks import (
+    BENCHMARKS,
+    BenchmarkFormatError,
+    get_benchmark,
+    load_benchmark,
+)
+from saferl.data.benchmarks.qi_safe import DEFAULT_LOCATION
 from saferl.data.schema import COLUMNS, rows_to_table
 from saferl.data.sources import (
     SourceFormatError,
@@ -28,13 +35,6 @@ from saferl.data.sources import (
     load_source_records,
     normalise_name,
 )
-from saferl.eval.benchmarks import (
-    BENCHMARKS,
-    BenchmarkFormatError,
-    get_benchmark,
-    load_benchmark,
-)
-from saferl.eval.benchmarks.qi_safe import DEFAULT_LOCATION
 from saferl.policies import category_ids
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -94,7 +94,7 @@ def test_every_registered_benchmark_is_tested_here() -> None:
 def test_registered(name: str) -> None:
     adapter = get_benchmark(name)
     assert adapter.name == name
-    assert BENCHMARKS[name] == f"saferl.eval.benchmarks.{'qi_safe' if name == 'qi_safe_val' else name}"
+    assert BENCHMARKS[name] == f"saferl.data.benchmarks.{'qi_safe' if name == 'qi_safe_val' else name}"
     assert adapter.description
     assert adapter.hub_id == EXPECTED[name][0]
     if adapter.hub_id is None and adapter.default_location is None:

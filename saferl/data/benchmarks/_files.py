@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saferl.data.benchmarks import BenchmarkFormatError
 from saferl.data.sources import HUB_ID, Record, encoded_image, schema_row
-from saferl.eval.benchmarks import BenchmarkFormatError
 
 SPLIT = "val"  # benchmarks are held out: their rows are never training rows
 

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from saferl.data.benchmarks import BenchmarkAdapter, BenchmarkFormatError
 from saferl.data.sources import Record, load_source_records
-from saferl.eval.benchmarks import BenchmarkAdapter, BenchmarkFormatError
 
 NAME = "spa_vl"
 HUB_ID = "sqrti/SPA-VL"

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from saferl.data.benchmarks import BenchmarkAdapter, BenchmarkFormatError
 from saferl.data.sources import load_source_records
-from saferl.eval.benchmarks import BenchmarkAdapter, BenchmarkFormatError
 
 NAME = "vlguard"
 HUB_ID = "ys-zong/VLGuard"

@@ -42,9 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saferl.data.sources import map_category
-from saferl.eval.benchmarks import BenchmarkAdapter, BenchmarkFormatError
-from saferl.eval.benchmarks._files import (
+from saferl.data.benchmarks import BenchmarkAdapter, BenchmarkFormatError
+from saferl.data.benchmarks._files import (
     Item,
     benchmark_row,
     check_option,
@@ -52,6 +51,7 @@ from saferl.eval.benchmarks._files import (
     local_path,
     read_text,
 )
+from saferl.data.sources import map_category
 
 NAME = "mmsafeaware"
 FIRST_EXTRA_ID = 2000  # data/images2: over-safety items without a dict.txt entry

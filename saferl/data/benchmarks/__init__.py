@@ -23,14 +23,14 @@ from saferl.data.sources import SourceFormatError
 
 # name -> module defining `ADAPTER`.
 BENCHMARKS: dict[str, str] = {
-    "qi_safe_val": "saferl.eval.benchmarks.qi_safe",
-    "beavertails_v": "saferl.eval.benchmarks.beavertails_v",
-    "mm_safetybench": "saferl.eval.benchmarks.mm_safetybench",
-    "spa_vl": "saferl.eval.benchmarks.spa_vl",
-    "siuo": "saferl.eval.benchmarks.siuo",
-    "mssbench": "saferl.eval.benchmarks.mssbench",
-    "vlguard": "saferl.eval.benchmarks.vlguard",
-    "mmsafeaware": "saferl.eval.benchmarks.mmsafeaware",
+    "qi_safe_val": "saferl.data.benchmarks.qi_safe",
+    "beavertails_v": "saferl.data.benchmarks.beavertails_v",
+    "mm_safetybench": "saferl.data.benchmarks.mm_safetybench",
+    "spa_vl": "saferl.data.benchmarks.spa_vl",
+    "siuo": "saferl.data.benchmarks.siuo",
+    "mssbench": "saferl.data.benchmarks.mssbench",
+    "vlguard": "saferl.data.benchmarks.vlguard",
+    "mmsafeaware": "saferl.data.benchmarks.mmsafeaware",
 }
 
 

@@ -39,9 +39,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from saferl.data.sources import map_category
-from saferl.eval.benchmarks import BenchmarkAdapter, BenchmarkFormatError
-from saferl.eval.benchmarks._files import (
+from saferl.data.benchmarks import BenchmarkAdapter, BenchmarkFormatError
+from saferl.data.benchmarks._files import (
     Item,
     benchmark_row,
     check_option,
@@ -53,6 +52,7 @@ from saferl.eval.benchmarks._files import (
     read_json,
     texts,
 )
+from saferl.data.sources import map_category
 
 NAME = "mssbench"
 HUB_ID = "kzhou35/mssbench"

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from saferl.data.benchmarks import BenchmarkAdapter, BenchmarkFormatError
 from saferl.data.sources import Record, load_source_records
-from saferl.eval.benchmarks import BenchmarkAdapter, BenchmarkFormatError
 
 NAME = "beavertails_v"
 HUB_ID = "PKU-Alignment/BeaverTails-V"

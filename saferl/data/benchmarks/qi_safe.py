@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from saferl.data.benchmarks import BenchmarkAdapter, BenchmarkFormatError
 from saferl.data.schema import COLUMNS, REQUIRED_COLUMNS
 from saferl.data.sources import parquet_records
 from saferl.data.validate import ImageLimits, parquet_files, validate_batch
-from saferl.eval.benchmarks import BenchmarkAdapter, BenchmarkFormatError
 from saferl.policies import category_ids
 from saferl.resources import SAMPLE_DIR
 

@@ -35,9 +35,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from saferl.data.sources import map_category
-from saferl.eval.benchmarks import BenchmarkAdapter, BenchmarkFormatError
-from saferl.eval.benchmarks._files import (
+from saferl.data.benchmarks import BenchmarkAdapter, BenchmarkFormatError
+from saferl.data.benchmarks._files import (
     Item,
     benchmark_row,
     check_option,
@@ -46,6 +45,7 @@ from saferl.eval.benchmarks._files import (
     local_path,
     read_json,
 )
+from saferl.data.sources import map_category
 
 NAME = "siuo"
 TASK_FILES = {"gen": "siuo_gen.json", "mcqa": "siuo_mcqa.json"}
