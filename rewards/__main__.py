@@ -18,6 +18,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from .faults import JudgeFailureError
+from .judge import JudgeInput
+from .rubric import load_reward_config
+from .scorer import RewardScorer
+
 CHUNK = 256
 
 
@@ -41,8 +46,6 @@ def read_inputs(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def to_judge_input(row: dict, base: Path, where: str):
-    from .judge import JudgeInput
-
     image_path = Path(row["image"])
     if not image_path.is_absolute():
         image_path = base / image_path
@@ -54,8 +57,6 @@ def to_judge_input(row: dict, base: Path, where: str):
 
 
 def build_config(args: argparse.Namespace):
-    from .rubric import load_reward_config
-
     overrides = [f"judge.kind={args.judge}", *args.override]
     options = {
         "judge.openai.base_url": args.base_url,
@@ -75,9 +76,6 @@ def build_config(args: argparse.Namespace):
 
 def score_file(args: argparse.Namespace) -> int:
     from tqdm import tqdm
-
-    from .faults import JudgeFailureError
-    from .scorer import RewardScorer
 
     try:
         rows = list(read_inputs(args.input))

@@ -37,6 +37,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from .judge import INJECTION
+from .prompt import SYSTEM_PROMPT
 from .rubric import Rubric
 
 # Neutral on purpose: a marker that mentions the grader would itself address an obedient judge.
@@ -251,8 +252,6 @@ class GuardResult:
 
 class InjectionGuard:
     def __init__(self, rubric: Rubric) -> None:
-        from .prompt import SYSTEM_PROMPT
-
         self.ngrams = _rubric_ngrams(rubric, SYSTEM_PROMPT)
 
     def reason(self, segment: str) -> str | None:

@@ -14,9 +14,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from saferl.policies import load_policies
+
 from .faults import JUDGE_FAILURE, FaultPolicy, check_failure_fraction
 from .guard import InjectionGuard
-from .judge import Judge, JudgeInput
+from .judge import HARMFUL, OVER_REFUSAL, REFUSAL, Judge, JudgeInput
 from .judges import build_judge
 from .rubric import Rubric, aggregate, rubric_from_config
 
@@ -129,10 +131,6 @@ def outcomes(
 ) -> dict[str, float | None]:
     """Harmful (unsafe prompt), refused (benign prompt) and well formed (format at full scale), as 1/0 on
     the samples each applies to and None on the rest; all None when the judge failed."""
-    from saferl.policies import load_policies
-
-    from .judge import HARMFUL, OVER_REFUSAL, REFUSAL
-
     # Every category's key on every sample: verl's agent loop stacks each key over a batch from the
     # first sample's keys (agent_loop.py `_postprocess`), so no sample may have a key another lacks.
     out: dict[str, float | None] = {HARMFUL_RATE: None, REFUSAL_RATE: None, FORMAT_RATE: None}

@@ -32,6 +32,7 @@ from rewards.judges.rule import split_response
 from rewards.rubric import SAFETY
 from rewards.safety import SafetyCheck, safety_of
 from rewards.scorer import RewardScorer, ScoredSample, extra_info
+from rewards.verl_manager import image_from_prompt
 from saferl.config_schema import required_node
 from saferl.policies import PolicyCategory, load_policies
 from saferl.resources import conf_file
@@ -211,8 +212,6 @@ class SafeReflectAgentLoop(AgentLoopBase):
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
-        from rewards.verl_manager import image_from_prompt
-
         messages = list(kwargs["raw_prompt"])
         question = str(kwargs.get("question") or "")
         image = image_from_prompt(messages)

@@ -10,6 +10,8 @@ import os
 
 from omegaconf import DictConfig, open_dict
 
+from saferl.models.tiny import ensure_tiny_model
+
 logger = logging.getLogger("saferl.train")
 
 
@@ -17,8 +19,6 @@ def use_tiny_model(cfg: DictConfig) -> None:
     """`saferl.tiny_model=bpe|qwen`: build the tiny model on first use (cached) and point
     `actor_rollout_ref.model.path` at it; training and evaluation both start here."""
     if cfg.saferl.tiny_model:
-        from saferl.models.tiny import ensure_tiny_model
-
         path = ensure_tiny_model(tokenizer=str(cfg.saferl.tiny_model))
         logger.info("tiny model (%s): %s", cfg.saferl.tiny_model, path)
         cfg.actor_rollout_ref.model.path = str(path)

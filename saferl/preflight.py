@@ -20,6 +20,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from saferl.config_schema import ConfigError
+from saferl.data.validate import DataError
+from saferl.verl_internals import registered_agent_loops
+
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 # gpu: verl's own platforms and vLLM; cpu: saferl's CPU platform and HF rollout (conf/saferl/platform/cpu.yaml).
 PLATFORMS = ("cpu", "gpu")
@@ -54,9 +58,6 @@ def refusing_bad_input() -> Iterator[None]:
     message alone.
     Raised through Hydra instead, it would print the command's overrides (which may hold the secret)
     and a traceback that buries the validator's report."""
-    from saferl.config_schema import ConfigError
-    from saferl.data.validate import DataError
-
     try:
         yield
     except (SecretInConfigError, DataError, ConfigError) as err:
@@ -219,8 +220,6 @@ def _check_parts(cfg: DictConfig) -> tuple[str, str]:
     from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER as REWARD_MANAGERS
     from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
 
-    from saferl.verl_internals import registered_agent_loops
-
     wanted = {
         "agent loop": (cfg.actor_rollout_ref.rollout.agent.default_agent_loop, registered_agent_loops()),
         "reward manager": (cfg.reward.reward_manager.name, REWARD_MANAGERS),
@@ -233,6 +232,8 @@ def _check_parts(cfg: DictConfig) -> tuple[str, str]:
 
 
 def _check_rollout_mode(cfg: DictConfig) -> tuple[str, str]:
+    # Here, not at the top: the loop imports verl, and saferl.train imports this module before it sets
+    # the platform's environment (verl picks its platform once, on first import).
     from rollout.reflect_loop import check_rollout_mode
 
     check_rollout_mode(cfg.saferl.rollout)  # raises with the reason, which _check reports as FAIL

@@ -166,8 +166,9 @@ def test_references_fit_tinys_turn_budget(tiny_model_dir: Path) -> None:
     from hydra import compose, initialize_config_dir
     from transformers import AutoTokenizer
 
-    from saferl.resources import CONF_DIR
+    from saferl.resources import CONF_DIR, register_resolvers
 
+    register_resolvers()  # `${saferl_repo:}` in the experiment files
     with initialize_config_dir(str(CONF_DIR), version_base=None):
         cfg = compose("train", overrides=["+exp=tiny"])
     budget = int(cfg.saferl.rollout.turn_max_tokens)

@@ -85,8 +85,9 @@ def test_eval_config_composes_for_every_experiment(exp: str, monkeypatch: pytest
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from saferl.resources import CONF_DIR
+    from saferl.resources import CONF_DIR, register_resolvers
 
+    register_resolvers()  # `${saferl_repo:}` in the experiment files
     monkeypatch.setenv("SAFERL_DATA_DIR", "/data/qi-safe-10k")
     with initialize_config_dir(str(CONF_DIR), version_base=None):
         cfg = compose("eval", overrides=[f"+exp={exp}"])

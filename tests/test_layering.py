@@ -40,11 +40,11 @@ def modules() -> dict[str, Path]:
     return found
 
 
-def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """The project modules `name` imports, anywhere in its file."""
+def imports(name: str, path: Path, known: dict[str, Path], tree: ast.AST | None = None) -> set[str]:
+    """The project modules `name` imports, anywhere in its file (or in `tree`, a part of it)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     targets: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text()) if tree is None else tree):
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -130,3 +130,31 @@ def test_the_check_sees_imports() -> None:
     assert "saferl.stages" in edges["saferl.train"]
     assert "saferl.warm_start" in edges["saferl.stages"]  # imported inside warm_start_stage
     assert "saferl.data.dataset" in edges["saferl.data.prompts"]  # `from .dataset import ...`
+
+
+# The project imports that stay inside functions, each for a reason its code states: verl must not be
+# imported before the platform's environment is set (stages, preflight), a module verl's plugin loader
+# imports must not import verl back (the HF replica), and a judge's optional dependencies load only
+# when a run names that judge. Everything else is imported at the top, so a module's header says what
+# it depends on.
+FUNCTION_LEVEL = {
+    ("saferl.stages", "saferl.warm_start"),
+    ("saferl.stages", "saferl.srpo.stage"),
+    ("saferl.preflight", "rollout.reflect_loop"),
+    ("rollout.hf_replica", "rollout.hf_server"),
+    ("rewards.judges", "rewards.judges.rule"),
+    ("rewards.judges", "rewards.judges.openai"),
+    ("rewards.judges", "rewards.judges.hf"),
+}
+
+
+def test_project_imports_sit_at_the_top_of_their_module() -> None:
+    known = modules()
+    found = set()
+    for name, path in known.items():
+        for func in ast.walk(ast.parse(path.read_text())):
+            if isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                found |= {(name, target) for target in imports(name, path, known, func)}
+    assert found == FUNCTION_LEVEL, (
+        f"new: {sorted(found - FUNCTION_LEVEL)}; gone: {sorted(FUNCTION_LEVEL - found)}"
+    )

@@ -20,8 +20,10 @@ from judge_server import FakeJudgeServer
 from omegaconf import OmegaConf
 
 from saferl.preflight import SecretInConfigError, check_no_secrets
-from saferl.resources import CONF_DIR
+from saferl.resources import CONF_DIR, register_resolvers
 from saferl.resources import ROOT as REPO_ROOT
+
+register_resolvers()  # `${saferl_repo:}` in the experiment files, as the trainer registers it
 
 EXPERIMENTS = tuple(sorted(p.stem for p in (CONF_DIR / "exp").glob("*.yaml")))
 

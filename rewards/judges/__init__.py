@@ -12,7 +12,10 @@ KINDS = ("rule", "openai", "hf")
 
 
 def build_judge(judge_cfg: Any, rubric: Rubric) -> Any:
-    """The judge named by `judge_cfg.kind`, built from its own sub-node (`judge_cfg.<kind>`)."""
+    """The judge named by `judge_cfg.kind`, built from its own sub-node (`judge_cfg.<kind>`).
+
+    Only the named judge's module is imported: `hf` brings torch and a model loader, `openai` its HTTP
+    client, and a run with the offline `rule` judge needs neither."""
     cfg = (
         OmegaConf.to_container(judge_cfg, resolve=True)
         if isinstance(judge_cfg, DictConfig)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from saferl.models.checkpoint import load_vlm
+
 from ..judge import CONTRADICTION, HALLUCINATION, JudgeInput, JudgeVerdict
 from ..prompt import build_prompt
 from ..rubric import Rubric
@@ -34,8 +36,6 @@ class HFJudge:
         device: str = "cuda",
         policies=None,
     ) -> None:
-        from saferl.models.checkpoint import load_vlm
-
         self.rubric = rubric
         self.batch_size = batch_size
         self.device = device

@@ -14,10 +14,13 @@ from pathlib import Path
 
 from saferl.resources import SAMPLE_DIR
 
+from .curate import CurationError, load_config, run_curation
+from .synthetic import write_sample
+from .validate import DataError, ImageLimits, validate
+from .verl_format import convert_dataset
+
 
 def _validate(args: argparse.Namespace) -> int:
-    from .validate import ImageLimits, validate
-
     limits = ImageLimits(min_side=args.min_side, max_side=args.max_side)
     try:
         report = validate(args.path, limits=limits, write_clean=args.write_clean, threads=args.threads)
@@ -33,8 +36,6 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _make_sample(args: argparse.Namespace) -> int:
-    from .synthetic import write_sample
-
     counts = write_sample(args.out, seed=args.seed)
     print(
         f"wrote {sum(counts.values())} rows to {args.out} ({', '.join(f'{k}: {v}' for k, v in counts.items())})"
@@ -43,9 +44,6 @@ def _make_sample(args: argparse.Namespace) -> int:
 
 
 def _to_verl(args: argparse.Namespace) -> int:
-    from .validate import DataError
-    from .verl_format import convert_dataset
-
     rejects = args.out_dir / "rejects" if args.drop_bad_rows else None
     try:
         counts = convert_dataset(args.src, args.out_dir, rejects_dir=rejects)
@@ -60,8 +58,6 @@ def _to_verl(args: argparse.Namespace) -> int:
 
 def _curate(args: argparse.Namespace) -> int:
     import json
-
-    from .curate import CurationError, load_config, run_curation
 
     try:
         manifest = run_curation(load_config(args.config, args.overrides))

@@ -28,11 +28,14 @@ import numpy as np
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
+from saferl.data.benchmarks import BENCHMARKS, get_benchmark, load_benchmark
 from saferl.resources import data_file
 
 from .decontam import BenchmarkIndex, decontaminate
 from .qi import QIBox, score_candidates, select_qi
 from .schema import rows_to_table
+from .sources import load_source
+from .validate import read_rows
 
 DEFAULT_CONFIG = data_file("QI-Safe-10K", "curate.yaml")
 
@@ -74,8 +77,6 @@ ENTRY_KEYS = ("benchmark", "location", "options")
 def benchmark_entries(entries: Any) -> list[BenchmarkEntry]:
     """`decontamination.benchmarks`, checked before anything is read, so a typo fails in a second
     rather than after the pool is built; each problem names the entry by its index."""
-    from saferl.data.benchmarks import BENCHMARKS, get_benchmark
-
     if entries is None or isinstance(entries, (str, bytes)) or not hasattr(entries, "__iter__"):
         raise CurationError(f"decontamination.benchmarks: expected a list of entries, got {entries!r}")
     checked = []
@@ -111,8 +112,6 @@ def benchmark_entries(entries: Any) -> list[BenchmarkEntry]:
 def index_benchmarks(entries: list[BenchmarkEntry], perceptual: bool) -> BenchmarkIndex:
     """Every entry's rows, read by the evaluation's adapter, indexed under the benchmark's name (two
     entries of one benchmark, e.g. two mm_safetybench variants, index under the same name)."""
-    from saferl.data.benchmarks import load_benchmark
-
     index = BenchmarkIndex(perceptual=perceptual)
     for i, entry in enumerate(entries):
         try:
@@ -126,11 +125,8 @@ def index_benchmarks(entries: list[BenchmarkEntry], perceptual: bool) -> Benchma
 def _read_rows(adapter: str, location: str, limit: int | None = None) -> list[dict]:
     """Rows from a source adapter, or from parquet already in the QI-Safe-10K schema (`qi_safe`)."""
     if adapter == "qi_safe":
-        from .validate import read_rows
-
         rows = read_rows(location)
         return rows[:limit] if limit else rows
-    from .sources import load_source
 
     return list(load_source(adapter, location, split="train", limit=limit))
 

@@ -42,7 +42,7 @@ import yaml
 from saferl.policies import PolicySet, load_policies
 from saferl.resources import data_file
 
-from .schema import image_object
+from .schema import image_object, rows_to_table
 
 CONTENT_FILE = data_file("QI-Safe-10K", "synthetic_sample.yaml")
 IMAGE_SIZE = 224
@@ -456,8 +456,6 @@ def write_sample(out: str | Path, seed: int = 0) -> dict[str, int]:
     """Write `train.parquet`, `val.parquet` and `warm_start.parquet` under `out`; return row counts
     per split."""
     import pyarrow.parquet as pq
-
-    from .schema import rows_to_table
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

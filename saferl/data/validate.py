@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from saferl.policies import category_ids
+
 from .schema import LABELS, REQUIRED_COLUMNS, SPLITS, image_bytes
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
@@ -254,8 +256,6 @@ def validate(
     """Validate every parquet file at `path`; with `write_clean`, write `<stem>.parquet` (good rows) and
     `<stem>.rejects.parquet` (bad rows, all their columns, plus `reject_row` and `reject_reasons`)."""
     if categories is None:
-        from saferl.policies import category_ids
-
         categories = category_ids()
     categories = frozenset(categories)
     limits = limits or ImageLimits()

@@ -17,6 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .validate import DataError, read_rows, validate
+
 logger = logging.getLogger(__name__)
 
 DATA_SOURCE = "qi_safe_10k"
@@ -63,8 +65,6 @@ def validated_rows(src: str | Path, rejects_dir: str | Path | None = None) -> li
     rows are returned and the bad ones written there with all their columns and reasons
     (`<file>.rejects.parquet`, `<file>.rejects.jsonl`): dropped, never lost. An unreadable file is refused
     either way, since none of its rows could be kept."""
-    from .validate import DataError, read_rows, validate
-
     report = validate(src, write_clean=rejects_dir)
     if report.file_problems or (report.problems and rejects_dir is None):
         raise DataError(

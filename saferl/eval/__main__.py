@@ -5,6 +5,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from saferl.eval.run import run_eval
+from saferl.preflight import refusing_bad_input
 from saferl.resources import CONF_DIR, register_resolvers
 
 register_resolvers()  # `${saferl_repo:}` in the experiment files
@@ -12,9 +14,6 @@ register_resolvers()  # `${saferl_repo:}` in the experiment files
 
 @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from saferl.eval.run import run_eval
-    from saferl.preflight import refusing_bad_input
-
     with refusing_bad_input():
         run_eval(cfg)
 

@@ -33,6 +33,8 @@ from typing import Any
 from rewards.faults import JUDGE_FAILURE
 from rewards.judge import CONTRADICTION, CSA, FRI, HALLUCINATION, HARMFUL, OVER_REFUSAL, REFUSAL, VAD
 from rewards.rubric import POINTS
+from rewards.safety import safety_of
+from rewards.scorer import ScoredSample
 from saferl.metrics import mean, parse_flags, put, rate, to_float
 
 Record = Mapping[str, Any]
@@ -119,9 +121,6 @@ def would_reflect(record: Record, safety_scale: float, reflect_threshold: float)
     evaluation's reflection rate cannot drift from the rollout's rule. Imported here, not at module level: `rollout.reflect_loop` pulls in verl's agent
     loop (seconds of imports), which the rest of this module and the report do not need.
     """
-    from rewards.safety import safety_of
-    from rewards.scorer import ScoredSample
-
     sample = ScoredSample(
         id=str(record.get("id") or ""),
         score=to_float(record.get("score")),

@@ -31,8 +31,27 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from saferl.eval.report import judge_identity, safe_name
+from rewards.judge import JudgeInput
+from rewards.scorer import RewardScorer
+from saferl.config_schema import check_saferl_config
+from saferl.data.benchmarks import load_benchmark
+from saferl.data.verl_format import convert_rows
+from saferl.eval.metrics import benchmark_metrics
+from saferl.eval.report import (
+    ResultEntry,
+    build_results,
+    judge_identity,
+    merge_results,
+    read_results,
+    safe_name,
+    write_report,
+    write_results,
+)
+from saferl.eval.rollout import ReplicaRollout, decode_responses
 from saferl.files import append_jsonl, read_jsonl, write_atomic
+from saferl.launch import apply_platform_env, use_tiny_model
+from saferl.preflight import check_no_secrets
+from saferl.ray_cluster import init_ray
 
 logger = logging.getLogger("saferl.eval")
 
@@ -162,8 +181,6 @@ class Generator:
     """Answers of one checkpoint on the benchmarks, through the training rollout path."""
 
     def __init__(self, cfg: DictConfig, checkpoint: Checkpoint) -> None:
-        from saferl.eval.rollout import ReplicaRollout
-
         self.cfg = cfg.copy()
         self.cfg.actor_rollout_ref.model.path = str(checkpoint.path)  # the loop's tokenizer/processor
         self.rollout = ReplicaRollout(self.cfg)
@@ -182,8 +199,6 @@ class Generator:
         """Records for dataset items `indices`: id, response, token count, turns (and reflection
         fields when the agent loop reflects)."""
         from verl.utils.dataset.rl_dataset import collate_fn
-
-        from saferl.eval.rollout import decode_responses
 
         rows = collate_fn([dataset[i] for i in indices])
         output = self.rollout.generate(
@@ -242,8 +257,6 @@ def scorer_identity(scorer: Any, reward_cfg: DictConfig) -> dict[str, Any]:
 
 class Evaluation:
     def __init__(self, cfg: DictConfig) -> None:
-        from rewards.scorer import RewardScorer
-
         self.cfg = cfg
         self.eval = cfg.eval
         self.out = Path(str(cfg.eval.output_dir))
@@ -264,9 +277,6 @@ class Evaluation:
     def load_benchmarks(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
-
-        from saferl.data.benchmarks import load_benchmark
-        from saferl.data.verl_format import convert_rows
 
         names = [str(b) for b in self.eval.benchmarks]
         if not names:
@@ -360,8 +370,6 @@ class Evaluation:
         """Judgements of every generation, cached ones read back; failed ones this run kept in memory."""
         from tqdm import tqdm
 
-        from rewards.judge import JudgeInput
-
         check_meta(self.judge_dir / "meta.json", self.judge)
         judged: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for checkpoint in self.checkpoints:
@@ -392,9 +400,6 @@ class Evaluation:
     # -- figures ------------------------------------------------------------------------------------
 
     def summarise(self, judged: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
-        from saferl.eval.metrics import benchmark_metrics
-        from saferl.eval.report import ResultEntry, build_results, merge_results, read_results
-
         threshold = float(self.cfg.saferl.rollout.safety_check.threshold)
         entries = []
         for checkpoint in self.checkpoints:
@@ -410,8 +415,6 @@ class Evaluation:
         return merge_results(read_results(self.out), build_results(entries))
 
     def run(self) -> dict[str, Any]:
-        from saferl.eval.report import write_report, write_results
-
         self.load_benchmarks()
         self.generate()
         judged = self.judge_all()
@@ -505,17 +508,11 @@ def judgement_record(sample: Any) -> dict[str, Any]:
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """Prepare (the platform, secrets, the tiny model), start Ray, evaluate."""
-    from saferl.config_schema import check_saferl_config
-    from saferl.launch import apply_platform_env, use_tiny_model
-    from saferl.preflight import check_no_secrets
-
     check_no_secrets(cfg)
     check_saferl_config(cfg)
     OmegaConf.set_struct(cfg, False)
     apply_platform_env(cfg)  # before verl is imported: it picks its platform once
     import ray
-
-    from saferl.ray_cluster import init_ray
 
     use_tiny_model(cfg)
     OmegaConf.resolve(cfg)

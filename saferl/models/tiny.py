@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import apply_umask, check_checkpoint_dir, missing_checkpoint_files, save_vlm
+
 # Bump when the produced checkpoint changes for the same arguments: it invalidates every cache entry.
 BUILDER_VERSION = "1"
 TOKENIZERS = ("bpe", "qwen")
@@ -345,8 +347,6 @@ def build_tiny_model(out: str | Path, tokenizer: str = "bpe", seed: int = 0) -> 
 
     The directory appears whole or not at all: files are written to a sibling temp dir and renamed.
     """
-    from .checkpoint import apply_umask, check_checkpoint_dir, save_vlm
-
     if tokenizer not in TOKENIZERS:
         raise TinyBuildError(f"unknown tokenizer {tokenizer!r} (choose from {', '.join(TOKENIZERS)})")
     out = Path(out).expanduser().resolve()
@@ -390,8 +390,6 @@ def ensure_tiny_model(tokenizer: str = "bpe", seed: int = 0, cache_dir: str | Pa
     Concurrent callers may both build; each renames its own complete directory into place and the
     loser's copy is discarded, so readers never see a partial checkpoint.
     """
-    from .checkpoint import missing_checkpoint_files
-
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = root / "models" / TinySpec(tokenizer=tokenizer, seed=seed).cache_key()
     if target.is_dir() and not missing_checkpoint_files(target):

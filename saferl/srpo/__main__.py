@@ -15,8 +15,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from saferl.config_schema import check_saferl_config
+from saferl.preflight import check_no_secrets, refusing_bad_input
 from saferl.resources import CONF_DIR
 from saferl.srpo.pairs import CONTRASTIVE
+from saferl.srpo.stage import build_pairs, train
 from saferl.stages import prepare_policy, run_directory
 
 logger = logging.getLogger("saferl.srpo")
@@ -32,8 +35,6 @@ def starting_policy(cfg: DictConfig) -> str:
 
 def run_pairs(cfg: DictConfig) -> Path:
     """The pairs, sampled (for contrastive mining) from the policy SRPO starts from."""
-    from saferl.srpo.stage import build_pairs
-
     run_directory(cfg)
     policies = []
     if CONTRASTIVE in cfg.saferl.srpo.pairs.sources and not cfg.saferl.srpo.pairs.policies:
@@ -43,8 +44,6 @@ def run_pairs(cfg: DictConfig) -> Path:
 
 def run_train(cfg: DictConfig) -> Path:
     """DPO from the policy SRPO starts from, on the pairs file."""
-    from saferl.srpo.stage import train
-
     run_directory(cfg)
     return train(cfg, starting_policy(cfg))
 
@@ -55,9 +54,6 @@ _command: list[str] = []  # the subcommand, taken off argv before Hydra parses t
 
 @hydra.main(config_path=str(CONF_DIR), config_name="srpo", version_base=None)
 def _hydra_main(cfg: DictConfig) -> None:
-    from saferl.config_schema import check_saferl_config
-    from saferl.preflight import check_no_secrets, refusing_bad_input
-
     with refusing_bad_input():
         check_no_secrets(cfg)
         check_saferl_config(cfg)

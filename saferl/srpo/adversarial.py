@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rewards.judge import JudgeInput
 from rewards.judges.chat_client import ChatClient, ChatFailure, ReplyError, request_body
+from rewards.scorer import RewardScorer
 from saferl.policies import load_policies
 
 from .pairs import ADVERSARIAL, Candidate, judgement_record, pair_row, passes_safety_gate, preference_key
@@ -266,8 +267,6 @@ def build(
     cfg: DictConfig, rows_by_id: Mapping[str, Mapping[str, Any]], cache_dir: Path, progress: bool = True
 ) -> tuple[list[dict[str, Any]], Counter[str], Counter[str]]:
     """The adversarial source over the split's rows: generate (resumably), judge, pair."""
-    from rewards.scorer import RewardScorer
-
     srpo = cfg.saferl.srpo
     adv = srpo.pairs.adversarial
     rows = list(rows_by_id.values())

@@ -21,6 +21,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from saferl.data.schema import rows_to_table
+from saferl.models.checkpoint import check_checkpoint_dir, load_vlm, save_vlm
+from saferl.warm_start import build_examples, end_of_turn
+
 from .pairs import read_pairs
 
 logger = logging.getLogger("saferl.srpo")
@@ -31,8 +35,6 @@ MARKER = "saferl_srpo.json"
 def pairs_as_data(rows: list[dict[str, Any]], path: Path) -> Path:
     """The pairs' prompts as a QI-Safe-10K file (one row per pair, id = pair id), for `build_examples`."""
     import pyarrow.parquet as pq
-
-    from saferl.data.schema import rows_to_table
 
     data = []
     for row in rows:
@@ -60,8 +62,6 @@ def preference_dataset(
     """The pairs as TRL's vision preference dataset: prompt (chat-templated text), images, chosen and
     rejected (each closed with the template's end-of-turn token)."""
     from datasets import Dataset
-
-    from saferl.warm_start import build_examples, end_of_turn
 
     rows = read_pairs(pairs_file)
     if not rows:
@@ -143,8 +143,6 @@ def train_dpo(
     """DPO from `policy` on the pairs, against `cfg.reference` (default: the starting policy, frozen);
     writes a complete checkpoint to `out` and returns it with TRL's log per step."""
     from trl import DPOTrainer
-
-    from saferl.models.checkpoint import check_checkpoint_dir, load_vlm, save_vlm
 
     processor, model = load_vlm(policy)
     # TRL aligns the model's special token ids to the tokenizer's (one eos, no bos) and turns the KV cache

@@ -19,6 +19,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rewards.verl_manager import judge_input_from_row
+from saferl.models.checkpoint import load_vlm
+from saferl.models.generation import generate_responses
+from saferl.warm_start import hash_model_dir
+
 from .pairs import CONTRASTIVE, Candidate, judgement_record, pair_row, pick_pair
 
 logger = logging.getLogger("saferl.srpo")
@@ -69,11 +74,6 @@ def mine_policy(
     """Sample and judge `samples_per_prompt` answers per example from one policy (resuming its cache);
     return the candidates per sample id and counts (generated, cached, judge failures)."""
     from tqdm.auto import tqdm
-
-    from rewards.verl_manager import judge_input_from_row
-    from saferl.models.checkpoint import load_vlm
-    from saferl.models.generation import generate_responses
-    from saferl.warm_start import hash_model_dir
 
     key = cache_key(hash_model_dir(policy), pairs_cfg, reward_cfg)
     cache = cache_dir / f"candidates-{key}.jsonl"

@@ -15,6 +15,19 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rewards.scorer import RewardScorer
+from rollout import reflection_log
+from saferl.data.prompts import DATA_KEYS_FINGERPRINTED, dataset_config
+from saferl.data.verl_format import validated_rows
+from saferl.models.checkpoint import load_vlm, missing_checkpoint_files
+from saferl.warm_start import build_examples, hash_model_dir
+
+from . import adversarial
+from .dpo import MARKER, train_dpo
+from .mining import contrastive_pairs, mine_policy
+from .pairs import ADVERSARIAL, CONTRASTIVE, MANIFEST_FILE, REFLECTION, SOURCES, manifest, write_pairs
+from .reflections import reflection_pairs
+
 logger = logging.getLogger("saferl.srpo")
 
 STAGE_VERSION = 1
@@ -28,13 +41,6 @@ def peak_rss_gib() -> float:
 def build_pairs(cfg: DictConfig, policies: list[str]) -> Path:
     """The configured sources over a split of `saferl.data.dir`, then the pairs file and its manifest.
     `policies` are what contrastive mining samples (`saferl.srpo.pairs.policies` when it names any)."""
-    from rollout import reflection_log
-    from saferl.data.verl_format import validated_rows
-
-    from . import adversarial
-    from .pairs import ADVERSARIAL, CONTRASTIVE, MANIFEST_FILE, REFLECTION, SOURCES, manifest, write_pairs
-    from .reflections import reflection_pairs
-
     start = time.perf_counter()
     srpo = cfg.saferl.srpo
     sources = [str(x) for x in srpo.pairs.sources]
@@ -92,12 +98,6 @@ def _contrastive(
     cfg: DictConfig, policies: list[str], split_file: Path, rows_by_id: dict, counts: Counter
 ) -> tuple[list[dict], Counter]:
     """Contrastive failure mining: every policy sampled and judged on the split's prompts."""
-    from rewards.scorer import RewardScorer
-    from saferl.models.checkpoint import load_vlm
-    from saferl.warm_start import build_examples
-
-    from .mining import contrastive_pairs, mine_policy
-
     srpo = cfg.saferl.srpo
     processor, _ = load_vlm(policies[0])
     examples = build_examples(split_file, processor, cfg.data, require_reference=False)
@@ -119,9 +119,6 @@ def _contrastive(
 def fingerprint(policy: str, pairs_file: str | Path, dpo_cfg: DictConfig, data_cfg: Any) -> str:
     """What a DPO checkpoint depends on: the starting policy's weights, the pairs, the DPO settings, and
     the data settings that render the prompts."""
-    from saferl.data.prompts import DATA_KEYS_FINGERPRINTED, dataset_config
-    from saferl.warm_start import hash_model_dir
-
     data = OmegaConf.to_container(dataset_config(data_cfg), resolve=True)
     payload = {
         "version": STAGE_VERSION,
@@ -136,10 +133,6 @@ def fingerprint(policy: str, pairs_file: str | Path, dpo_cfg: DictConfig, data_c
 def train(cfg: DictConfig, policy: str) -> Path:
     """DPO from `policy` on the pairs file into `saferl.srpo.output_dir/model`; an output with the same
     fingerprint is reused as it is."""
-    from saferl.models.checkpoint import missing_checkpoint_files
-
-    from .dpo import MARKER, train_dpo
-
     start = time.perf_counter()
     srpo = cfg.saferl.srpo
     out = Path(srpo.output_dir) / "model"
