@@ -8,7 +8,6 @@ Fixtures: `tests/fixtures/benchmarks` (`tests/fixtures/make_eval_fixtures.py`) a
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fixture_trees import assert_regenerated, load_script
 from PIL import Image
 
 from saferl.data.benchmarks import (
@@ -745,33 +745,7 @@ def test_mmsafeaware_bad_files(tmp_path: Path) -> None:
 
 
 def _make_fixtures_module():
-    spec = importlib.util.spec_from_file_location("make_eval_fixtures", FIXTURES / "make_eval_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _decoded(data: bytes) -> tuple[tuple[int, int], str, bytes]:
-    with Image.open(io.BytesIO(data)) as image:
-        return image.size, image.mode, image.convert("RGB").tobytes()
-
-
-def _same_image(a: bytes, b: bytes) -> bool:
-    if a == b:
-        return True
-    # Another codec build may encode differently: the same size and mode, and nearly the same pixels.
-    (size_a, mode_a, pixels_a), (size_b, mode_b, pixels_b) = _decoded(a), _decoded(b)
-    if (size_a, mode_a) != (size_b, mode_b):
-        return False
-    return sum(abs(x - y) for x, y in zip(pixels_a, pixels_b, strict=True)) / len(pixels_a) < 2
-
-
-def _same_value(a, b) -> bool:
-    if isinstance(a, bytes) and isinstance(b, bytes):
-        return _same_image(a, b)
-    if isinstance(a, dict) and isinstance(b, dict) and set(a) == {"bytes", "path"} == set(b):
-        return a["path"] == b["path"] and _same_value(a["bytes"], b["bytes"])
-    return a == b
+    return load_script(FIXTURES / "make_eval_fixtures.py")
 
 
 def _fixture_files(root: Path) -> list[Path]:
@@ -784,22 +758,7 @@ def test_fixture_script_is_deterministic(tmp_path: Path) -> None:
     module.main(tmp_path)
     committed = _fixture_files(BENCH_DIR)
     assert _fixture_files(tmp_path) == committed
-    for relative in committed:
-        old, new = BENCH_DIR / relative, tmp_path / relative
-        if relative.suffix in (".json", ".txt"):
-            assert old.read_bytes() == new.read_bytes(), relative
-        elif relative.suffix == ".parquet":
-            old_table, new_table = pq.read_table(old), pq.read_table(new)
-            assert old_table.schema.equals(new_table.schema, check_metadata=True), relative
-            for a, b in zip(old_table.to_pylist(), new_table.to_pylist(), strict=True):
-                assert all(_same_value(a[k], b[k]) for k in a), relative
-        elif relative.suffix == ".zip":
-            with zipfile.ZipFile(old) as za, zipfile.ZipFile(new) as zb:
-                assert za.namelist() == zb.namelist()
-                assert all(_same_image(za.read(n), zb.read(n)) for n in za.namelist()), relative
-        else:
-            assert relative.suffix in (".jpg", ".jpeg", ".png"), relative
-            assert _same_image(old.read_bytes(), new.read_bytes()), relative
+    assert_regenerated(BENCH_DIR, tmp_path, committed, text=(".json", ".txt"))
     # The README holds this script's section exactly once, as the script writes it.
     readme = (BENCH_DIR / "README.md").read_text(encoding="utf-8")
     assert readme.count(module.README_BEGIN) == 1 and module.README_SECTION.rstrip("\n") in readme

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import shutil
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from fixture_trees import assert_regenerated, load_script
 from PIL import Image
 
 from saferl.data.schema import ARROW_SCHEMA, REQUIRED_COLUMNS, rows_to_table
@@ -33,15 +33,6 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SOURCE_DIR = FIXTURES / "sources"
 BROKEN = SOURCE_DIR / "broken"
 EXPECTED_ROWS = {"beavertails_v": 7, "spa_vl": 6, "vlguard": 9}
-
-
-def _make_fixtures_module():
-    spec = importlib.util.spec_from_file_location(
-        "make_source_fixtures", FIXTURES / "make_source_fixtures.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def rows_of(name: str, location: Path | None = None, **kwargs) -> list[dict]:
@@ -334,41 +325,11 @@ def test_vlguard_malformed_records(tmp_path: Path) -> None:
 # The fixtures themselves
 
 
-def _pixels(data: bytes) -> list[int]:
-    with Image.open(io.BytesIO(data)) as image:
-        return list(image.convert("RGB").tobytes())
-
-
-def _same_image(a: bytes, b: bytes) -> bool:
-    if a == b:
-        return True
-    pa_, pb = _pixels(a), _pixels(b)  # a different codec build may encode differently: compare pixels
-    return len(pa_) == len(pb) and sum(abs(x - y) for x, y in zip(pa_, pb, strict=True)) / len(pa_) < 2
-
-
-def _same_value(a, b) -> bool:
-    if isinstance(a, dict) and isinstance(b, dict) and set(a) == {"bytes", "path"} == set(b):
-        return a["path"] == b["path"] and (a["bytes"] == b["bytes"] or _same_image(a["bytes"], b["bytes"]))
-    return a == b
-
-
 def test_fixture_script_is_deterministic(tmp_path: Path) -> None:
-    _make_fixtures_module().main(tmp_path)
+    load_script(FIXTURES / "make_source_fixtures.py").main(tmp_path)
     committed = sorted(p.relative_to(SOURCE_DIR) for p in SOURCE_DIR.rglob("*") if p.is_file())
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()) == committed
-    for relative in committed:
-        old, new = SOURCE_DIR / relative, tmp_path / relative
-        if relative.suffix in (".json", ".md"):
-            assert old.read_bytes() == new.read_bytes(), relative
-        elif relative.suffix == ".parquet":
-            old_table, new_table = pq.read_table(old), pq.read_table(new)
-            assert old_table.schema.equals(new_table.schema, check_metadata=True), relative
-            for a, b in zip(old_table.to_pylist(), new_table.to_pylist(), strict=True):
-                assert all(_same_value(a[k], b[k]) for k in a), relative
-        elif relative.suffix == ".zip":
-            with zipfile.ZipFile(old) as za, zipfile.ZipFile(new) as zb:
-                assert za.namelist() == zb.namelist()
-                assert all(_same_image(za.read(n), zb.read(n)) for n in za.namelist()), relative
+    assert_regenerated(SOURCE_DIR, tmp_path, committed, text=(".json", ".md"))
 
 
 def test_fixtures_are_small() -> None:
