@@ -189,6 +189,7 @@ class SrpoConf:
 class DataConf:
     dir: Optional[str]
     drop_bad_rows: bool
+    allow_synthetic: bool
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from saferl.config_schema import ConfigError
+from saferl.data.synthetic import count_synthetic
 from saferl.data.validate import DataError
 from saferl.verl_internals import registered_agent_loops
 
@@ -171,7 +172,40 @@ def _check_model(cfg: DictConfig) -> tuple[str, str]:
     return WARN, f"{path}: not cached here; it will be downloaded from the hub at start"
 
 
+def data_files(cfg: DictConfig) -> list[Path]:
+    """The parquet files the run will read: under `saferl.data.dir`, else `data.{train,val}_files`."""
+    if cfg.saferl.data.dir:
+        source = Path(str(cfg.saferl.data.dir)).expanduser()
+        return sorted(source.rglob("*.parquet")) if source.is_dir() else []
+    files = []
+    for key in ("train_files", "val_files"):
+        value = cfg.data[key]
+        files += [
+            Path(str(f)).expanduser() for f in ([value] if isinstance(value, str) else list(value or []))
+        ]
+    return [f for f in files if f.is_file()]
+
+
+def synthetic_data(cfg: DictConfig) -> str | None:
+    """What is wrong when a GPU experiment would train on the shipped synthetic sample without saying so
+    (`saferl.data.allow_synthetic`); None when nothing is. The dry run fails on it, a start warns."""
+    if cfg.saferl.platform != "gpu" or cfg.saferl.data.allow_synthetic:
+        return None
+    synthetic, total = count_synthetic(data_files(cfg))
+    if not synthetic:
+        return None
+    where = f"saferl.data.dir={cfg.saferl.data.dir}" if cfg.saferl.data.dir else "data.train_files/val_files"
+    return (
+        f"{synthetic} of {total} rows in {where} are the shipped synthetic sample (source 'synthetic'): a "
+        "GPU run would train on a 360-row CPU demo. Point SAFERL_DATA_DIR (saferl.data.dir) at your "
+        "QI-Safe-10K directory, or set saferl.data.allow_synthetic=true if you mean it"
+    )
+
+
 def _check_data(cfg: DictConfig) -> tuple[str, str]:
+    problem = synthetic_data(cfg)
+    if problem:
+        return FAIL, problem
     if cfg.saferl.data.dir:
         source = Path(str(cfg.saferl.data.dir))
         if not source.is_dir():

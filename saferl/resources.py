@@ -11,6 +11,7 @@ them with no checkout. Every module reads these paths from here, never from `__f
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -43,7 +44,18 @@ def data_file(*parts: str) -> Path:
     return DATA_DIR.joinpath(*parts)
 
 
+def launch_log_dir(run_dir: str, dry_run: bool) -> str:
+    """Where Hydra logs a launch (`hydra.run.dir` in conf/train.yaml): `<run_dir>/hydra`, except for a dry
+    run, which must leave nothing in a run directory it only checks: the system's temp folder."""
+    if dry_run:
+        return str(Path(tempfile.gettempdir()) / "saferl-dry-run" / "hydra")
+    return f"{run_dir}/hydra"
+
+
 def register_resolvers() -> None:
-    """`${saferl_repo:}` in the experiment files: `ROOT`, so the shipped sample resolves from any cwd."""
+    """`${saferl_repo:}` in the experiment files: `ROOT`, so the shipped sample resolves from any cwd;
+    `${saferl_launch_log:...}` in conf/train.yaml: `launch_log_dir`."""
     if not OmegaConf.has_resolver("saferl_repo"):
         OmegaConf.register_new_resolver("saferl_repo", lambda: str(ROOT))
+    if not OmegaConf.has_resolver("saferl_launch_log"):
+        OmegaConf.register_new_resolver("saferl_launch_log", launch_log_dir)

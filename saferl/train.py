@@ -33,7 +33,7 @@ from rewards.judges import judge_address
 from saferl import resources
 from saferl.config_schema import check_saferl_config
 from saferl.launch import apply_platform_env, ray_env_vars
-from saferl.preflight import PLATFORMS, check_no_secrets, preflight, refusing_bad_input
+from saferl.preflight import PLATFORMS, check_no_secrets, preflight, refusing_bad_input, synthetic_data
 from saferl.ray_cluster import join_cluster
 from saferl.resume import logged_steps, resume_point, trim_after
 from saferl.stages import absolute, prepare_policy, run_policy_stages, run_stages
@@ -66,6 +66,10 @@ def prepare(cfg: DictConfig) -> DictConfig:
     with open_dict(cfg):
         # verl's workers run in other processes (other working directories on other nodes).
         cfg.trainer.default_local_dir = absolute(cfg.trainer.default_local_dir)
+    problem = synthetic_data(cfg)
+    if problem:  # loud, not fatal: the dry run is where it fails (issue 19)
+        logger.warning(problem)
+        print(f"saferl: WARNING: {problem}", file=sys.stderr, flush=True)
     run_dir = Path(cfg.trainer.default_local_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     prepare_policy(cfg, run_dir)

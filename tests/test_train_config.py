@@ -135,7 +135,7 @@ def test_dry_run_tiny_passes_without_training(exp: str, tmp_path: Path) -> None:
     result = train(f"+exp={exp}", "saferl.dry_run=true", f"trainer.default_local_dir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "dry run passed" in result.stdout
-    assert not (tmp_path / "run" / "config.yaml").exists()  # nothing trained, nothing written
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written, not even Hydra's log
 
 
 @pytest.mark.parametrize("exp", ["qwen3b", "qwen7b"])
@@ -161,11 +161,32 @@ def test_dry_run_qwen_passes_with_a_model_and_a_judge(tiny_model_dir: Path, tmp_
             "saferl.dry_run=true",
             f"actor_rollout_ref.model.path={tiny_model_dir}",
             f"saferl.data.dir={REPO_ROOT / 'data' / 'QI-Safe-10K' / 'sample'}",
+            "saferl.data.allow_synthetic=true",  # said so: a GPU smoke test on the sample
             f"trainer.default_local_dir={tmp_path}",
             env={"SAFERL_JUDGE_BASE_URL": judge.base_url},
         )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[  ok] judge" in result.stdout and "dry run passed" in result.stdout
+
+
+def test_dry_run_refuses_a_gpu_experiment_on_the_synthetic_sample(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """SAFERL_DATA_DIR unset: qwen3b's default data is the shipped sample, a 360-row CPU demo. The dry
+    run fails naming it and the way out, instead of reporting `[ok] data`."""
+    with FakeJudgeServer(served_model="Qwen/Qwen2.5-VL-72B-Instruct") as judge:
+        result = train(
+            "+exp=qwen3b",
+            "saferl.dry_run=true",
+            f"actor_rollout_ref.model.path={tiny_model_dir}",
+            f"trainer.default_local_dir={tmp_path / 'run'}",
+            env={"SAFERL_JUDGE_BASE_URL": judge.base_url},
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    data = next(line for line in result.stdout.splitlines() if "] data" in line)
+    assert "[FAIL] data" in data and "synthetic sample" in data, data
+    assert "SAFERL_DATA_DIR" in data and "saferl.data.allow_synthetic=true" in data
+    assert not (tmp_path / "run").exists()  # a dry run leaves nothing behind
 
 
 def test_dry_run_refuses_extra_mode(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -414,3 +435,25 @@ def test_the_search_path_holds_config_groups_only_and_none_shadows_verls() -> No
     assert not list((REPO_ROOT / "conf").rglob("*")) or all(
         p.suffix == ".yaml" or p.is_dir() for p in (REPO_ROOT / "conf").rglob("*")
     )
+
+
+def test_synthetic_data_is_found_in_verl_format_files_too(tmp_path: Path) -> None:
+    """The start's warning and the dry run's failure read `extra_info.source` in converted files, and
+    stay silent on CPU experiments (the sample is their data) and once the user says so."""
+    from saferl.data.verl_format import convert_dataset
+    from saferl.preflight import synthetic_data
+
+    convert_dataset(REPO_ROOT / "data" / "QI-Safe-10K" / "sample", tmp_path)
+    files = [f"data.train_files={tmp_path / 'train.parquet'}", f"data.val_files={tmp_path / 'val.parquet'}"]
+    gpu = composed("+exp=qwen3b", "saferl.data.dir=null", *files)
+    problem = synthetic_data(gpu)
+    assert problem is not None and problem.startswith("324 of 324 rows in data.train_files/val_files"), (
+        problem
+    )
+    assert (
+        synthetic_data(
+            composed("+exp=qwen3b", "saferl.data.dir=null", "saferl.data.allow_synthetic=true", *files)
+        )
+        is None
+    )
+    assert synthetic_data(composed("+exp=tiny", "saferl.data.dir=null", *files)) is None

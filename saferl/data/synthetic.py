@@ -33,10 +33,12 @@ import math
 import random
 import re
 import textwrap
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import yaml
 
 from saferl.policies import PolicySet, load_policies
@@ -50,6 +52,7 @@ KINDS = ("scene", "typographic", "scene_typographic")
 TWIN = "twin"
 READING_KINDS = ("typographic", "scene_typographic")  # the request is printed: deciding needs reading
 WARM_START_SPLIT = "warm_start"
+SOURCE = "synthetic"  # every sample row's `source`: how a run tells the sample from real data
 # Per (category, label): the request RL asks (train and val); the other two are the warm start's. One, not
 # more: `tiny` trains 8 prompts a step for 80 steps (640 prompt visits), and a per-request decision needs
 # ~10 visits to move, so RL's requests are few and each comes in several images (DESIGN.md section 6).
@@ -320,12 +323,12 @@ def _row(
 ) -> dict[str, Any]:
     image, annotations, description = rendered
     return {
-        "id": f"synthetic:{kind}:{category}:{label}:{index}:{variant}",
+        "id": f"{SOURCE}:{kind}:{category}:{label}:{index}:{variant}",
         "image": image,
         "question": question,
         "safety_label": label,
         "category": category,
-        "source": "synthetic",
+        "source": SOURCE,
         "split": split,
         "reference": reference_for(label, item, category, description, policies),
         "image_objects": annotations,
@@ -466,3 +469,21 @@ def write_sample(out: str | Path, seed: int = 0) -> dict[str, int]:
         pq.write_table(rows_to_table(part), out / f"{split}.parquet", compression="zstd")
         counts[split] = len(part)
     return counts
+
+
+def count_synthetic(files: Iterable[Path]) -> tuple[int, int]:
+    """(rows from this sample, all rows) over parquet files in the QI-Safe-10K schema (`source`) or in
+    verl's format (`extra_info.source`): a GPU run pointed at the 360-row sample trains on toy data."""
+    synthetic = total = 0
+    for path in files:
+        names = set(pq.read_schema(path).names)
+        if "source" in names:
+            sources = pq.read_table(path, columns=["source"]).column("source").to_pylist()
+        elif "extra_info" in names:
+            extra = pq.read_table(path, columns=["extra_info"]).column("extra_info").to_pylist()
+            sources = [(e or {}).get("source") for e in extra]
+        else:
+            sources = [None] * pq.read_metadata(path).num_rows
+        synthetic += sum(source == SOURCE for source in sources)
+        total += len(sources)
+    return synthetic, total
