@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from saferl.config_schema import ConfigError
 from saferl.data.synthetic import count_synthetic
 from saferl.data.validate import DataError
-from saferl.verl_internals import registered_agent_loops
+from saferl.verl_internals import registered_agent_loops, verl_defaults_file
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 # gpu: verl's own platforms and vLLM; cpu: saferl's CPU platform and HF rollout (conf/saferl/platform/cpu.yaml).
@@ -170,6 +170,47 @@ def _check_model(cfg: DictConfig) -> tuple[str, str]:
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         return FAIL, f"{path}: not a directory and not in the Hugging Face cache (HF_HUB_OFFLINE=1)"
     return WARN, f"{path}: not cached here; it will be downloaded from the hub at start"
+
+
+def _type_problem(default: Any, value: Any) -> str | None:
+    """Why `value` cannot stand where verl's default is `default` (bool, int or float); None if it can."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "expected true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "expected an integer"
+    if isinstance(default, float):
+        return None if isinstance(value, int | float) and not isinstance(value, bool) else "expected a number"
+    return None
+
+
+def _verl_type_problems(default: DictConfig, node: DictConfig, path: str) -> Iterator[str]:
+    for key in default:
+        skip = OmegaConf.is_interpolation(default, key) or OmegaConf.is_missing(default, key)
+        if skip or key not in node or OmegaConf.is_missing(node, key):
+            continue
+        where = f"{path}{key}"
+        if OmegaConf.is_interpolation(node, key):
+            continue  # resolved later, from the user's environment: verl checks what it becomes
+        ref, value = default[key], node[key]
+        if isinstance(ref, DictConfig):
+            if isinstance(value, DictConfig):
+                yield from _verl_type_problems(ref, value, f"{where}.")
+            continue
+        if ref is None or value is None:
+            continue
+        problem = _type_problem(ref, value)
+        if problem:
+            yield f"{where}: {problem} (verl's default: {ref!r}), got {value!r}"
+
+
+def check_verl_types(cfg: DictConfig) -> None:
+    """Refuse a verl key whose value has the wrong type (`actor_rollout_ref.rollout.n=abc`), naming the key,
+    before anything is written: verl reads its config untyped and would fail far from the cause. The types
+    are verl's own defaults' (`saferl.verl_internals.verl_defaults_file`)."""
+    defaults = OmegaConf.load(verl_defaults_file())
+    problems = list(_verl_type_problems(defaults, cfg, ""))
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def data_files(cfg: DictConfig) -> list[Path]:

@@ -33,7 +33,14 @@ from rewards.judges import judge_address
 from saferl import resources
 from saferl.config_schema import check_saferl_config
 from saferl.launch import apply_platform_env, ray_env_vars
-from saferl.preflight import PLATFORMS, check_no_secrets, preflight, refusing_bad_input, synthetic_data
+from saferl.preflight import (
+    PLATFORMS,
+    check_no_secrets,
+    check_verl_types,
+    preflight,
+    refusing_bad_input,
+    synthetic_data,
+)
 from saferl.ray_cluster import join_cluster
 from saferl.resume import logged_steps, resume_point, trim_after
 from saferl.stages import absolute, prepare_policy, run_policy_stages, run_stages
@@ -120,6 +127,7 @@ def run(cfg: DictConfig) -> None:
     """Check the saferl keys, set the platform up, then dry-run or train with verl's trainer."""
     check_no_secrets(cfg)  # first: a secret is refused as one, whatever else is wrong
     check_saferl_config(cfg)  # before anything is written
+    check_verl_types(cfg)  # verl's keys too: `rollout.n=abc` named here, not in a worker's traceback
     apply_platform_env(cfg)
     if cfg.saferl.dry_run:
         sys.exit(0 if preflight(cfg).ok else 1)

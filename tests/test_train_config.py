@@ -392,6 +392,11 @@ def test_qwen3b_pst_chains_warm_start_srpo_and_grpo_through_one_run_directory(tm
             "saferl.srpo.dpo.lr: Value 'fast' of type 'str' could not be converted to Float",
         ),
         ("saferl.stages=grpo", "saferl.stages: expected a list"),
+        (  # verl's keys too, typed by verl's own defaults
+            "actor_rollout_ref.rollout.n=abc",
+            "actor_rollout_ref.rollout.n: expected an integer (verl's default: 1), got 'abc'",
+        ),
+        ("trainer.val_before_train=maybe", "trainer.val_before_train: expected true or false"),
     ],
 )
 def test_a_bad_saferl_key_is_refused_by_its_path_before_anything_is_written(
@@ -457,3 +462,40 @@ def test_synthetic_data_is_found_in_verl_format_files_too(tmp_path: Path) -> Non
         is None
     )
     assert synthetic_data(composed("+exp=tiny", "saferl.data.dir=null", *files)) is None
+
+
+def test_every_experiment_has_verls_types_and_a_bad_verl_value_is_named() -> None:
+    from saferl.config_schema import ConfigError
+    from saferl.preflight import check_verl_types
+
+    for exp in EXPERIMENTS:
+        check_verl_types(composed(f"+exp={exp}"))
+    with pytest.raises(
+        ConfigError, match=r"^trainer\.total_epochs: expected an integer \(verl's default: 30\), got 1\.5$"
+    ):
+        check_verl_types(composed("+exp=tiny", "trainer.total_epochs=1.5"))
+    check_verl_types(composed("+exp=tiny", "actor_rollout_ref.actor.optim.lr=1"))  # an int is a number
+
+
+def test_a_failed_start_leaves_a_finished_run_as_it_was(tmp_path: Path) -> None:
+    """A mistyped override on the directory of a finished run: refused before the data conversion, so
+    the run's data, config and metrics keep their bytes (Hydra's log of the launch aside)."""
+    run = tmp_path / "run"
+    kept = {
+        "data/train.parquet": b"train",
+        "data/val.parquet": b"val",
+        "config.yaml": b"x: 1\n",
+        "metrics/from_step_0.jsonl": b"{}\n",
+    }
+    for name, content in kept.items():
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_bytes(content)
+    result = train("+exp=tiny", "actor_rollout_ref.rollout.n=abc", f"trainer.default_local_dir={run}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "saferl: refused: actor_rollout_ref.rollout.n: expected an integer" in result.stderr
+    files = {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in run.rglob("*")
+        if p.is_file() and "hydra" not in p.parts
+    }
+    assert files == kept

@@ -132,3 +132,18 @@ def test_verls_fsdp_engine_can_import_what_it_wants_from_the_installed_trl() -> 
         except ImportError:
             from trl import AutoModelForCausalLMWithValueHead
     assert AutoModelForCausalLMWithValueHead.state_dict
+
+
+def test_verls_flattened_defaults_file_holds_typed_defaults() -> None:
+    """5. verl ships its ppo_trainer config flattened into one generated file; the start reads value
+    types from it. It must still be there, generated from ppo_trainer, with typed leaves."""
+    from omegaconf import OmegaConf
+
+    from saferl.verl_internals import verl_defaults_file
+
+    path = verl_defaults_file()
+    assert path.is_file() and "generate_trainer_config.sh" in path.read_text().splitlines()[0]
+    defaults = OmegaConf.load(path)
+    assert isinstance(defaults.actor_rollout_ref.rollout.n, int)
+    assert isinstance(defaults.trainer.val_before_train, bool)
+    assert isinstance(defaults.actor_rollout_ref.actor.optim.lr, float)
