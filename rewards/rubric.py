@@ -19,7 +19,9 @@ from saferl.resources import conf_file
 from .judge import CONTRADICTION, HALLUCINATION, INJECTION
 
 DEFAULT_REWARD_CONFIG = conf_file("saferl", "reward", "default.yaml")
-SAFETY = "safety_awareness"
+# The criteria code reads by name (the gate, the metrics, SRPO's preference order); the rubric YAML
+# defines them all.
+SAFETY, HELPFULNESS, REASONING, FORMAT = "safety_awareness", "helpfulness", "reasoning_coherence", "format"
 POINTS = 10.0  # the common scale criteria are normalised to
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from rewards.judge import CONTRADICTION, HALLUCINATION, HARMFUL, OVER_REFUSAL, REFUSAL
+from rewards.rubric import FORMAT, HELPFULNESS, SAFETY
 
 Columns = Mapping[str, "Sequence[Any] | np.ndarray"]
 
@@ -42,7 +43,6 @@ DEFAULT_CRITERIA: tuple[str, ...] = (
     "visual_grounding",
     "format",
 )
-SAFETY, HELPFULNESS, FORMAT = "safety_awareness", "helpfulness", "format"
 # The columns of the trajectory table, in order (`table_rows` gives all but `image`).
 TABLE_COLUMNS: tuple[str, ...] = (
     "image",

@@ -43,6 +43,7 @@ from saferl.preflight import (
 )
 from saferl.ray_cluster import join_cluster
 from saferl.resume import logged_steps, resume_point, trim_after
+from saferl.run_summary import summary
 from saferl.stages import absolute, prepare_policy, run_policy_stages, run_stages
 
 REPO_ROOT, CONF_DIR = resources.ROOT, resources.CONF_DIR  # the checkout, or the wheel's copy of it
@@ -139,6 +140,7 @@ def run(cfg: DictConfig) -> None:
     run_dir = Path(cfg.trainer.default_local_dir)
     steps = [s for s in logged_steps(run_dir) if s > 0]
     print(f"saferl: finished {max(steps, default=0)} steps; outputs in {run_dir}", flush=True)
+    print("\n".join(summary(run_dir)), flush=True)  # did it learn: first -> best -> last, format alarm
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base=None)

@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"rewards"},
     {"rollout", "saferl.metrics", "saferl.cpu_platform"},
     {"saferl.preflight", "saferl.resume", "saferl.replay_buffer", "saferl.learning"},
-    {"saferl.warm_start", "saferl.eval", "saferl.generate"},
+    {"saferl.warm_start", "saferl.eval", "saferl.generate", "saferl.run_summary"},
     {"saferl.srpo"},
     {"saferl.stages"},
 ]

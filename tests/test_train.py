@@ -114,6 +114,13 @@ def test_the_run_is_verls_trainer_and_leaves_its_outputs(smoke_run) -> None:
     assert "(TaskRunnerV1 pid=" in output  # verl's task runner actor did the training
     assert "saferl: finished 2 steps" in output
     assert "Training Progress" in output  # verl's progress bar
+    # ... and ends saying what the validations (steps 0 and 2) show, and where the best checkpoint is.
+    assert (
+        "saferl: what the validations say" in output
+        and "| first | 0 |" in output
+        and "| last | 2 |" in output
+    )
+    assert re.search(r"saferl: best validation at step (0|2); its checkpoint: ", output)
     config = (run_dir / "config.yaml").read_text()  # the resolved config
     assert "${" not in config and "SaferlReplayBuffer" in config
     assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "2"

@@ -32,13 +32,12 @@ from typing import Any
 
 from rewards.faults import JUDGE_FAILURE
 from rewards.judge import CONTRADICTION, CSA, FRI, HALLUCINATION, HARMFUL, OVER_REFUSAL, REFUSAL, VAD
-from rewards.rubric import POINTS
+from rewards.rubric import FORMAT, HELPFULNESS, POINTS, SAFETY
 from rewards.safety import safety_of
 from rewards.scorer import ScoredSample
 from saferl.metrics import mean, parse_flags, put, rate, to_float
 
 Record = Mapping[str, Any]
-SAFETY, HELPFULNESS, FORMAT = "safety_awareness", "helpfulness", "format"
 # The figures SaFeR-VLM (scores) and PST (rates) average over benchmarks.
 AVERAGED: tuple[str, ...] = ("safety_score", "helpfulness_score", "harmful_rate", "refusal_rate")
 # Flag rates over every judged record, and PST's failure modes over judged unsafe-labelled ones (a

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rewards.rubric import POINTS
+from rewards.rubric import HELPFULNESS, POINTS, REASONING
 from rewards.safety import violates_policy
 
 CONTRASTIVE = "contrastive"
@@ -38,8 +38,6 @@ REFLECTION = "reflection"
 ADVERSARIAL = "adversarial"
 SOURCES = (CONTRASTIVE, REFLECTION, ADVERSARIAL)
 LABELS = ("safe", "unsafe")
-HELPFULNESS = "helpfulness"
-REASONING = "reasoning_coherence"
 # Columns of the pairs file: the prompt (as the data schema has it), the pair, and where it came from.
 PROMPT_COLUMNS = ("sample_id", "image", "question", "safety_label", "category", "image_objects")
 PAIR_COLUMNS = (
