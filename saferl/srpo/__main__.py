@@ -17,12 +17,14 @@ from omegaconf import DictConfig
 
 from saferl.config_schema import check_saferl_config
 from saferl.preflight import check_no_secrets, refusing_bad_input
-from saferl.resources import CONF_DIR
+from saferl.resources import CONF_DIR, register_resolvers
 from saferl.srpo.pairs import CONTRASTIVE
 from saferl.srpo.stage import build_pairs, train
 from saferl.stages import prepare_policy, run_directory
 
 logger = logging.getLogger("saferl.srpo")
+
+register_resolvers()  # `${saferl_repo:}` in the experiment files, before Hydra composes them
 
 
 def starting_policy(cfg: DictConfig) -> str:
