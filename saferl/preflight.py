@@ -213,18 +213,22 @@ def check_verl_types(cfg: DictConfig) -> None:
         raise ConfigError("; ".join(problems))
 
 
+def _listed_data_files(cfg: DictConfig) -> list[tuple[str, str]]:
+    """(key, file as written) for each file of `data.train_files` and `data.val_files` (one or a list)."""
+    listed = []
+    for key in ("train_files", "val_files"):
+        value = cfg.data[key]
+        listed += [(key, str(f)) for f in ([value] if isinstance(value, str) else list(value or []))]
+    return listed
+
+
 def data_files(cfg: DictConfig) -> list[Path]:
     """The parquet files the run will read: under `saferl.data.dir`, else `data.{train,val}_files`."""
     if cfg.saferl.data.dir:
         source = Path(str(cfg.saferl.data.dir)).expanduser()
         return sorted(source.rglob("*.parquet")) if source.is_dir() else []
-    files = []
-    for key in ("train_files", "val_files"):
-        value = cfg.data[key]
-        files += [
-            Path(str(f)).expanduser() for f in ([value] if isinstance(value, str) else list(value or []))
-        ]
-    return [f for f in files if f.is_file()]
+    paths = [Path(f).expanduser() for _, f in _listed_data_files(cfg)]
+    return [p for p in paths if p.is_file()]
 
 
 def synthetic_data(cfg: DictConfig) -> str | None:
@@ -255,12 +259,7 @@ def _check_data(cfg: DictConfig) -> tuple[str, str]:
         if not files:
             return FAIL, f"saferl.data.dir={source}: no parquet files"
         return OK, f"{source} ({len(files)} parquet files; converted at start)"
-    missing = []
-    for key in ("train_files", "val_files"):
-        value = cfg.data[key]
-        for f in [value] if isinstance(value, str) else list(value or []):
-            if not Path(str(f)).expanduser().is_file():
-                missing.append(f"data.{key}: {f}")
+    missing = [f"data.{key}: {f}" for key, f in _listed_data_files(cfg) if not Path(f).expanduser().is_file()]
     return (FAIL, "; ".join(missing)) if missing else (OK, "data.train_files and data.val_files exist")
 
 

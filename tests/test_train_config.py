@@ -154,17 +154,26 @@ def test_dry_run_qwen_fails_naming_what_is_missing(exp: str, tmp_path: Path) -> 
     assert "dry run FAILED" in result.stdout
 
 
-def test_dry_run_qwen_passes_with_a_model_and_a_judge(tiny_model_dir: Path, tmp_path: Path) -> None:
+def qwen3b_dry_run(model: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`+exp=qwen3b saferl.dry_run=true` with the tiny model as the policy and a loopback judge."""
     with FakeJudgeServer(served_model="Qwen/Qwen2.5-VL-72B-Instruct") as judge:
-        result = train(
+        return train(
             "+exp=qwen3b",
             "saferl.dry_run=true",
-            f"actor_rollout_ref.model.path={tiny_model_dir}",
-            f"saferl.data.dir={REPO_ROOT / 'data' / 'QI-Safe-10K' / 'sample'}",
-            "saferl.data.allow_synthetic=true",  # said so: a GPU smoke test on the sample
-            f"trainer.default_local_dir={tmp_path}",
+            f"actor_rollout_ref.model.path={model}",
+            *overrides,
+            f"trainer.default_local_dir={run_dir}",
             env={"SAFERL_JUDGE_BASE_URL": judge.base_url},
         )
+
+
+def test_dry_run_qwen_passes_with_a_model_and_a_judge(tiny_model_dir: Path, tmp_path: Path) -> None:
+    result = qwen3b_dry_run(
+        tiny_model_dir,
+        tmp_path,
+        f"saferl.data.dir={REPO_ROOT / 'data' / 'QI-Safe-10K' / 'sample'}",
+        "saferl.data.allow_synthetic=true",  # said so: a GPU smoke test on the sample
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[  ok] judge" in result.stdout and "dry run passed" in result.stdout
 
@@ -174,14 +183,7 @@ def test_dry_run_refuses_a_gpu_experiment_on_the_synthetic_sample(
 ) -> None:
     """SAFERL_DATA_DIR unset: qwen3b's default data is the shipped sample, a 360-row CPU demo. The dry
     run fails naming it and the way out, instead of reporting `[ok] data`."""
-    with FakeJudgeServer(served_model="Qwen/Qwen2.5-VL-72B-Instruct") as judge:
-        result = train(
-            "+exp=qwen3b",
-            "saferl.dry_run=true",
-            f"actor_rollout_ref.model.path={tiny_model_dir}",
-            f"trainer.default_local_dir={tmp_path / 'run'}",
-            env={"SAFERL_JUDGE_BASE_URL": judge.base_url},
-        )
+    result = qwen3b_dry_run(tiny_model_dir, tmp_path / "run")
     assert result.returncode == 1, result.stdout + result.stderr
     data = next(line for line in result.stdout.splitlines() if "] data" in line)
     assert "[FAIL] data" in data and "synthetic sample" in data, data
