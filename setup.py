@@ -65,6 +65,7 @@ install_requires = [
     "pillow>=10",
     "numpy",
     "tqdm",
+    "psutil",  # the physical core count transfer_queue caps its threads at (saferl/launch.py)
     "httpx>=0.27",  # the OpenAI-compatible judge client
     "matplotlib>=3.7",  # the evaluation report's plots (PNG, Agg backend: no display needed)
     # SRPO (PST's preference stage) trains through TRL's DPOTrainer (its vision collator is what

@@ -207,6 +207,7 @@ class SaferlConf:
     platform: str
     env: dict[str, str]
     dry_run: bool
+    console: str
     tiny_model: Optional[str]
     val_agent_loop: str
     table_rows: int

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 
+import psutil
 from omegaconf import DictConfig, open_dict
 
 from saferl.models.tiny import ensure_tiny_model
@@ -41,3 +42,20 @@ def ray_env_vars(cfg: DictConfig) -> DictConfig:
         if runtime_env.get("env_vars") is None:
             runtime_env.env_vars = {}
     return runtime_env.env_vars
+
+
+# transfer_queue (verl's data plane) runs its tensor work on TQ_NUM_THREADS torch threads, default 8
+# (transfer_queue/client.py:42, storage/simple_storage.py:73), and caps that at the physical cores with a
+# WARNING on every put and get (utils/common.py:102): on 2 cores, 40% of a tiny run's output.
+TQ_DEFAULT_THREADS = 8
+
+
+def worker_output_env() -> dict[str, str]:
+    """Environment that keeps the workers' output in order and free of repeated noise: unbuffered
+    stdout (a worker's prints reach the driver when printed, not when its buffer fills, so the console's
+    step line follows the step), and transfer_queue's thread count already at its cap."""
+    env = {"PYTHONUNBUFFERED": "1"}
+    cores = psutil.cpu_count(logical=False) or 1
+    if "TQ_NUM_THREADS" not in os.environ and cores < TQ_DEFAULT_THREADS:
+        env["TQ_NUM_THREADS"] = str(cores)
+    return env

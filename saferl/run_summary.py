@@ -17,6 +17,7 @@ from typing import Any
 
 from rewards.rubric import HELPFULNESS, SAFETY
 from saferl.learning import figures, read_validations
+from saferl.metrics import VALIDATIONS as VALIDATIONS_DIR
 
 FORMAT_COLLAPSE = 0.20  # a fall of more than 20 points from the first validation's format rate
 COLUMNS = ("harmful", "benign_refusal", "format", "safety", "helpfulness")
@@ -107,14 +108,16 @@ def render(validations: Sequence[Validation], run_dir: Path) -> list[str]:
         checkpoint = run_dir / CHECKPOINT.format(step=chosen.step)
         where = checkpoint if checkpoint.is_dir() else f"none saved at step {chosen.step} (trainer.save_freq)"
         lines.append(f"saferl: best validation at step {chosen.step}; its checkpoint: {where}")
-    for v in validations[1:]:
-        if collapsed(first, v):
-            lines.append(
-                f"saferl: WARNING: FORMAT COLLAPSE at step {v.step}: well-formed answers {_cell(v.format, 'format')}"
-                f" against {_cell(first.format, 'format')} at step {first.step}. A falling harmful rate with a "
-                "falling format rate is not learning: the policy stops answering (read val_samples/)."
-            )
+    lines.extend(_collapse_warning(first, v) for v in validations[1:] if collapsed(first, v))
     return lines
+
+
+def _collapse_warning(first: Validation, later: Validation) -> str:
+    return (
+        f"saferl: WARNING: FORMAT COLLAPSE at step {later.step}: well-formed answers "
+        f"{_cell(later.format, 'format')} against {_cell(first.format, 'format')} at step {first.step}. A falling "
+        "harmful rate with a falling format rate is not learning: the policy stops answering (read val_samples/)."
+    )
 
 
 def summary(run_dir: str | Path) -> list[str]:
@@ -122,3 +125,18 @@ def summary(run_dir: str | Path) -> list[str]:
     run_dir = Path(run_dir)
     validations = [validation_of(step, records) for step, records in read_validations(run_dir).items()]
     return render(validations, run_dir)
+
+
+def validation_lines(run_dir: str | Path, step: int) -> list[str]:
+    """What the console says when the validation at `step` is logged: its figures in one line, and the
+    format-collapse alarm when it has fallen from the first validation's."""
+    records = read_validations(run_dir)
+    if step not in records:
+        return [f"saferl: validation at step {step}: no trajectories recorded under {VALIDATIONS_DIR}/"]
+    first = validation_of(min(records), records[min(records)])
+    now = validation_of(step, records[step])
+    cells = ", ".join(f"{c.replace('_', ' ')} {_cell(getattr(now, c), c)}" for c in COLUMNS)
+    lines = [f"saferl: validation at step {step}: {cells}"]
+    if collapsed(first, now):
+        lines.append(_collapse_warning(first, now))
+    return lines

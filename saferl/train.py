@@ -15,7 +15,9 @@ What this driver does before handing over, and why it is here rather than in ver
   warm start as a stage before RL (`saferl.warm_start`);
 - resolves the whole config here, where `${oc.env:...}` sees the user's environment and the
   `saferl_repo` resolver is registered, and writes it to the run directory;
-- gives each launch its own metrics file (verl's file logger truncates the file it opens).
+- gives each launch its own metrics file (verl's file logger truncates the file it opens);
+- keeps the console to the run's progress, validations and errors, everything printed going to the
+  run's `logs/console.log` (`saferl.console`, saferl/console.py), and ends with what the validations say.
 
 `saferl.dry_run=true` runs the preflight checks (`saferl.preflight`) and exits without training.
 """
@@ -27,12 +29,15 @@ import sys
 from pathlib import Path
 
 import hydra
+import ray
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rewards.judges import judge_address
 from saferl import resources
-from saferl.config_schema import check_saferl_config
-from saferl.launch import apply_platform_env, ray_env_vars
+from saferl.config_schema import ConfigError, check_saferl_config
+from saferl.console import CONSOLE_MODES, filtered_console
+from saferl.console import LOG_FILE as CONSOLE_LOG
+from saferl.launch import apply_platform_env, ray_env_vars, worker_output_env
 from saferl.preflight import (
     PLATFORMS,
     check_no_secrets,
@@ -43,7 +48,7 @@ from saferl.preflight import (
 )
 from saferl.ray_cluster import join_cluster
 from saferl.resume import logged_steps, resume_point, trim_after
-from saferl.run_summary import summary
+from saferl.run_summary import summary, validation_lines
 from saferl.stages import absolute, prepare_policy, run_policy_stages, run_stages
 
 REPO_ROOT, CONF_DIR = resources.ROOT, resources.CONF_DIR  # the checkout, or the wheel's copy of it
@@ -98,6 +103,8 @@ def prepare(cfg: DictConfig) -> DictConfig:
     metrics.parent.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
         env_vars = ray_env_vars(cfg)
+        for name, value in worker_output_env().items():
+            env_vars.setdefault(name, value)
         env_vars.VERL_FILE_LOGGER_PATH = str(metrics)
         env_vars.WANDB_DIR = str(run_dir)
         env_vars.SAFERL_RUN_DIR = str(run_dir)
@@ -129,18 +136,32 @@ def run(cfg: DictConfig) -> None:
     check_no_secrets(cfg)  # first: a secret is refused as one, whatever else is wrong
     check_saferl_config(cfg)  # before anything is written
     check_verl_types(cfg)  # verl's keys too: `rollout.n=abc` named here, not in a worker's traceback
+    if cfg.saferl.console not in CONSOLE_MODES:
+        raise ConfigError(f"saferl.console: must be one of {CONSOLE_MODES}, got {cfg.saferl.console!r}")
     apply_platform_env(cfg)
     if cfg.saferl.dry_run:
         sys.exit(0 if preflight(cfg).ok else 1)
     if "grpo" not in run_stages(cfg):
         run_policy_stages(cfg)
         return
-    cfg = prepare(cfg)
-    run_verl(cfg)
-    run_dir = Path(cfg.trainer.default_local_dir)
-    steps = [s for s in logged_steps(run_dir) if s > 0]
-    print(f"saferl: finished {max(steps, default=0)} steps; outputs in {run_dir}", flush=True)
-    print("\n".join(summary(run_dir)), flush=True)  # did it learn: first -> best -> last, format alarm
+    run_dir = Path(absolute(cfg.trainer.default_local_dir))
+    with filtered_console(
+        run_dir,
+        cfg.saferl.console,
+        total_steps=cfg.trainer.total_training_steps,
+        validation_lines=lambda step: validation_lines(run_dir, step),
+    ) as console:
+        cfg = prepare(cfg)
+        run_verl(cfg)
+        ray.shutdown()  # here: the workers' last lines still pass the console's filter into the log
+        steps = [s for s in logged_steps(run_dir) if s > 0]
+        console.say(
+            [
+                f"saferl: finished {max(steps, default=0)} steps; outputs in {run_dir} "
+                f"(the full log: {run_dir / CONSOLE_LOG})",
+                *summary(run_dir),  # did it learn: first -> best -> last, format alarm
+            ]
+        )
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base=None)

@@ -19,6 +19,7 @@ LAYERS: list[set[str]] = [
     {"saferl", "saferl.resources"},
     {"saferl.config_schema", "saferl.experiments", "saferl.policies"},
     {"saferl.files", "saferl.verl_internals", "saferl.verl_plugin", "saferl.ray_cluster", "saferl.models"},
+    {"saferl.console"},  # stdlib only: what the console shows of a run
     {"saferl.data", "saferl.launch"},
     {"rewards"},
     {"rollout", "saferl.metrics", "saferl.cpu_platform"},

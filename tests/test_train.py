@@ -111,9 +111,10 @@ def smoke_run(saferl_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 def test_the_run_is_verls_trainer_and_leaves_its_outputs(smoke_run) -> None:
     run_dir, output = smoke_run
     assert "saferl: verl sync trainer (TaskRunnerV1), platform cpu" in output
-    assert "(TaskRunnerV1 pid=" in output  # verl's task runner actor did the training
     assert "saferl: finished 2 steps" in output
-    assert "Training Progress" in output  # verl's progress bar
+    full_log = (run_dir / "logs" / "console.log").read_text()
+    assert "(TaskRunnerV1 pid=" in full_log  # verl's task runner actor did the training
+    assert "Training Progress" in full_log  # verl's progress bar
     # ... and ends saying what the validations (steps 0 and 2) show, and where the best checkpoint is.
     assert (
         "saferl: what the validations say" in output
@@ -135,6 +136,34 @@ def test_the_run_is_verls_trainer_and_leaves_its_outputs(smoke_run) -> None:
     assert (run_dir / "warm_start" / "config.json").is_file()
     assert sorted(data_order(run_dir)) == [1, 2]
     assert all(len(ids) == 4 and len(set(ids)) == 4 for ids in data_order(run_dir).values())
+
+
+def test_the_console_shows_a_line_a_step_a_line_a_validation_and_the_summary(smoke_run) -> None:
+    """Issue 19: a run's progress, validations and errors, not verl's and Ray's INFO (which a run printed
+    6,604 lines of). Everything printed is in the run's log, which holds many times what the console does."""
+    run_dir, output = smoke_run
+    # stdout then stderr; the warm start's progress bar is on stderr (its redraws read as lines here: the
+    # captured text has universal newlines)
+    lines = output.rstrip("\n").split("\n")
+    assert any(line.startswith("warm start (SFT):") for line in lines)
+    lines = [line for line in lines if line and not line.startswith("warm start (SFT):")]
+    steps = [int(m[1]) for line in lines if (m := re.match(r"saferl: step (\d+)/2: score -?\d", line))]
+    validations = [
+        int(m[1]) for line in lines if (m := re.match(r"saferl: validation at step (\d+): harmful", line))
+    ]
+    assert steps == [1, 2] and validations == [0, 2], output
+    # between one step's line and the next: that step's validation at most
+    first, last = (
+        next(i for i, line in enumerate(lines) if line.startswith(f"saferl: step {s}/")) for s in (1, 2)
+    )
+    assert last - first <= 2, "\n".join(lines[first : last + 1])
+    # before training: the setup (model, data, warm start, config, trainer) and the first validation;
+    # after it: the finish line and the summary (heading, 5 table rows, best checkpoint)
+    assert first <= 10, "\n".join(lines[:first])
+    assert len(lines) - last <= 10, "\n".join(lines[last:])
+    assert not [line for line in lines if "WARNING" in line and not line.startswith("saferl:")], output
+    full_log = (run_dir / "logs" / "console.log").read_text().splitlines()
+    assert len(full_log) > 20 * len(lines)
 
 
 def test_metrics_carry_the_issue_names(smoke_run) -> None:
