@@ -29,15 +29,20 @@ MAX_GRAD_NORM = 1.0
 
 
 def collate(
-    examples: Sequence[SFTExample], processor: Any, max_length: int, data_config: DictConfig | None = None
+    examples: Sequence[SFTExample],
+    processor: Any,
+    max_length: int,
+    data_config: DictConfig | None = None,
+    builder: PromptBuilder | None = None,
 ) -> dict[str, Any]:
     """A right-padded batch: prompt + target ids, labels IGNORE_INDEX on the prompt and the padding.
 
     Images go through the same processor call as the prompt, so the image features match the prompt's
     image tokens one for one. A sequence longer than `max_length` loses the end of its target (never the
-    prompt: cutting image tokens would break the image features).
+    prompt: cutting image tokens would break the image features). `builder`: the prompt builder of
+    `processor` and `data_config`, made once by a caller that collates every step.
     """
-    builder = PromptBuilder(processor, data_config)
+    builder = builder or PromptBuilder(processor, data_config)
     pad_id = processor.tokenizer.pad_token_id
     pad_id = pad_id if pad_id is not None else 0
     rows, pixel_values, grids = [], [], []
@@ -126,9 +131,12 @@ def train_sft(
         on_step(0, model)
     model.train()
     batches = _batches(len(examples), batch_size, int(cfg.seed))
+    builder = PromptBuilder(processor, data_config)
     with tqdm(total=steps, desc="warm start (SFT)", disable=not progress, unit="step") as bar:
         for step in range(1, steps + 1):
-            batch = collate([examples[i] for i in next(batches)], processor, int(cfg.max_length), data_config)
+            batch = collate(
+                [examples[i] for i in next(batches)], processor, int(cfg.max_length), builder=builder
+            )
             loss = sft_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
