@@ -67,6 +67,11 @@ KNOWN_NOISE: tuple[tuple[str, str], ...] = (
         "Ray's local cluster on loopback; its token is written to ~/.ray",
     ),
     (
+        "]: heavy ",
+        "transfer_queue's notice of a request over 5 s (utils/common.py `log_heavy_operation`), twice (two "
+        "handlers): on a busy CPU machine it fires per put or get; the step line's s/step says the same",
+    ),
+    (
         "No supported accelerator detected",
         "verl's platform probe in a CPU process that never uses an accelerator",
     ),
