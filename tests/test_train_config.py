@@ -399,6 +399,7 @@ def test_qwen3b_pst_chains_warm_start_srpo_and_grpo_through_one_run_directory(tm
             "actor_rollout_ref.rollout.n: expected an integer (verl's default: 1), got 'abc'",
         ),
         ("trainer.val_before_train=maybe", "trainer.val_before_train: expected true or false"),
+        ("saferl.console=loud", "saferl.console: must be one of ('quiet', 'full'), got 'loud'"),
     ],
 )
 def test_a_bad_saferl_key_is_refused_by_its_path_before_anything_is_written(
