@@ -148,7 +148,11 @@ def _duration(seconds: float) -> str:
 
 class ConsoleFilter:
     """Decides, line by line, what the console shows. `validation_lines(step)` gives the lines to show
-    for the validation logged at `step` (read from the run directory by the caller)."""
+    for the validation logged at `step` (read from the run directory by the caller).
+
+    The time left is the wall clock's rate since the first step this launch logged, validations and
+    checkpoints included (verl's `timing_s/step` leaves the validation out, and on a busy machine a
+    step's own time says little about the next)."""
 
     def __init__(
         self,
@@ -156,13 +160,15 @@ class ConsoleFilter:
         total_steps: int | None,
         validation_lines: Callable[[int], list[str]],
         show_all: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total_steps = total_steps
         self.validation_lines = validation_lines
         self.show_all = show_all
+        self.clock = clock
         self._shown: dict[str, bool] = {}  # per process: whether its last line was shown
         self._in_traceback: dict[str, bool] = {}
-        self._step_seconds: list[float] = []
+        self._first: tuple[int, float] | None = None  # (step, when) of the first step line
 
     def feed(self, raw: str) -> list[str]:
         """The lines to print for one printed line (as printed, rewritten, or none)."""
@@ -207,12 +213,12 @@ class ConsoleFilter:
 
     def _step(self, step: int, metrics: dict[str, float]) -> list[str]:
         lines = []
-        if "timing_s/step" in metrics:
-            self._step_seconds.append(metrics["timing_s/step"])
-        left = None
-        if self.total_steps and self._step_seconds and step > 0:
-            mean = sum(self._step_seconds) / len(self._step_seconds)
-            left = max(self.total_steps - step, 0) * mean
+        left, now = None, self.clock()
+        if step > 0 and self._first is None:
+            self._first = (step, now)
+        elif step > 0 and self._first is not None and self.total_steps and step > self._first[0]:
+            per_step = (now - self._first[1]) / (step - self._first[0])
+            left = max(self.total_steps - step, 0) * per_step
         if step > 0:
             lines.append(step_line(step, self.total_steps, metrics, left))
         if any(key.startswith(VALIDATION_PREFIX) for key in metrics):

@@ -96,8 +96,12 @@ def test_verls_step_line_becomes_one_line_with_that_steps_figures() -> None:
         and metrics["num_turns/mean"] == 2.75
         and metrics["critic/score/mean"] == pytest.approx(2.7178125)
     )
-    assert a_filter().feed(STEP_1) == [
-        "saferl: step 1/80: score 2.72, reflected 38%, 5.2 s/step, ~7 min left"
+    times = iter([100.0, 130.0])
+    console_filter = a_filter(clock=lambda: next(times))
+    assert console_filter.feed(STEP_1) == ["saferl: step 1/80: score 2.72, reflected 38%, 5.2 s/step"]
+    # the time left: the wall clock's rate since the first step (30 s a step here), not timing_s/step
+    assert console_filter.feed(STEP_1.replace("step:1 ", "step:2 ")) == [
+        "saferl: step 2/80: score 2.72, reflected 38%, 5.2 s/step, ~39 min left"
     ]
 
 
