@@ -7,10 +7,17 @@ section checks the two claims that justify their design: batching concurrent req
 `model.generate` one request at a time, and a second actor (on a second core) nearly doubles
 throughput (target: 2 actors >= 1.6x 1 actor). Every run uses the same prompts (image + question from
 the QI-Safe sample) and sampling settings, and forces every response to exactly `--max-tokens` tokens
-(`min_tokens`), so tokens/s compare like for like.
+(`min_tokens`), so tokens/s compare like for like. The reflection section checks that reflecting costs
+what its extra tokens cost: the wall of a rollout where a fraction f reflects, against f = 0 on the
+same prompts (`bench_reflection` says how it keeps that fair on a noisy box).
+
+Progress goes to stderr as it happens: the expected run time at the start, each figure as it is
+measured, each section's rows when it ends, the elapsed time at the end. stdout is the table, then
+the JSON object as its last line: one key per section, plus `run` (quick or not, seconds per section
+and in all).
 
 Sections are functions `bench_<name>(args) -> dict` listed in `SECTIONS`; a new one is a function plus
-one entry there (and its rows in `headline`). `--quick`: 32 requests, 2 rounds, f = 0.5 only (explicit
+one entry there (and its rows in `headline`). `--quick`: 32 requests, 3 repeats, f = 0.5 only (explicit
 arguments still win); the speedup target is for the full sizes.
 """
 
@@ -20,12 +27,14 @@ import argparse
 import asyncio
 import io
 import os
+import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import Row, emit, target
+from benchmarks import HEADER, Row, emit, table, target
 from saferl.resources import SAMPLE_DIR
 
 DATA_FILE = SAMPLE_DIR / "val.parquet"
@@ -36,6 +45,29 @@ TARGET_SPEEDUP_2_VS_1 = 1.6
 # that (measured: 2-actor throughput ~5.3K -> ~7.4K tokens/s, speedup 1.3x -> 1.75x). Whoever calls
 # `ray.init` for CPU rollouts (the trainer) should pass the same setting.
 RAY_SYSTEM_CONFIG = {"max_direct_call_object_size": 1 << 20}
+
+
+_STARTED = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr, flushed, stamped with the seconds since the start: figures show as
+    they are measured, and stdout stays the table and, last, the JSON line that `python -m benchmarks`
+    reads (it streams stderr with -v)."""
+    print(f"cpu_rollout [{time.perf_counter() - _STARTED:.0f} s]: {message}", file=sys.stderr, flush=True)
+
+
+def _ensure_ray() -> None:
+    """One Ray session for all sections (`main` shuts it down): a second `ray.init` costs seconds."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=os.cpu_count() or 2,
+            include_dashboard=False,
+            log_to_driver=False,
+            _system_config=dict(RAY_SYSTEM_CONFIG),  # ray.init adds its own keys to the dict
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -136,30 +168,42 @@ def run_servers(
     model_path: Path,
     requests: list,
     max_tokens: int,
-    num_servers: int,
     max_batch_size: int,
     batch_wait_ms: float,
     repeats: int,
-) -> dict[str, Any]:
-    """All requests submitted at once to an `HFServerManager` with `num_servers` 1-CPU actors; the
-    median of `repeats` rounds (a round lasts well under a second here, so one is noisy)."""
+) -> dict[int, dict[str, Any]]:
+    """All requests submitted at once to an `HFServerManager` over 1, then 2, 1-CPU actors; per count
+    the median of `repeats` rounds (a round lasts about a second here, so one is noisy).
+
+    Two actors are started once and the 1-server figure uses the first alone (the other idles): an
+    actor start costs seconds to tens of seconds on a busy box, the bulk of a --quick run. The counts
+    alternate round by round, so load that drifts during the run hits both alike."""
     from rollout.server_manager import HFServerManager
 
-    manager = HFServerManager.start(
+    pool = HFServerManager.start(
         str(model_path),
-        num_servers=num_servers,
+        num_servers=2,
         num_cpus_per_server=1,
         max_batch_size=max_batch_size,
         batch_wait_ms=batch_wait_ms,
     )
+    managers = {n: HFServerManager(pool.servers[:n]) for n in (1, 2)}
+    runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     try:
         # Warm every actor with a full round (first-call allocations, lazy imports), untimed.
-        asyncio.run(_submit_all(manager, requests[: max_batch_size * num_servers], max_tokens, "warm"))
-        runs = [_timed_round(manager, requests, max_tokens, f"run{r}") for r in range(repeats)]
+        asyncio.run(_submit_all(pool, requests[: max_batch_size * 2], max_tokens, "warm"))
+        for r in range(repeats):
+            for n, manager in managers.items():
+                runs[n].append(_timed_round(manager, requests, max_tokens, f"run{r}-{n}"))
+                tokens_per_s = runs[n][-1]["tokens_per_s"]
+                progress(f"throughput: round {r + 1}/{repeats}, {n} server(s): {tokens_per_s:g} tokens/s")
     finally:
-        manager.shutdown()
-    median = sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]
-    return {**median, "tokens_per_s_runs": [r["tokens_per_s"] for r in runs]}
+        pool.shutdown()
+    out: dict[int, dict[str, Any]] = {}
+    for n, rounds in runs.items():
+        median = sorted(rounds, key=lambda x: x["tokens_per_s"])[len(rounds) // 2]
+        out[n] = {**median, "tokens_per_s_runs": [x["tokens_per_s"] for x in rounds]}
+    return out
 
 
 def _timed_round(manager: Any, requests: list, max_tokens: int, tag: str) -> dict[str, Any]:
@@ -187,8 +231,6 @@ def _timed_round(manager: Any, requests: list, max_tokens: int, tag: str) -> dic
 
 
 def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
-    import ray
-
     from saferl.models.checkpoint import load_vlm
     from saferl.models.tiny import ensure_tiny_model
 
@@ -196,27 +238,12 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
     processor, _ = load_vlm(model_path)
     requests = load_requests(processor, args.requests)
     in_process = run_in_process(model_path, requests, args.max_tokens, threads=1)
-    ray.init(
-        num_cpus=os.cpu_count() or 2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _system_config=dict(RAY_SYSTEM_CONFIG),  # ray.init adds its own keys to the dict
+    progress(f"throughput: in-process generate {in_process['tokens_per_s']:g} tokens/s")
+    _ensure_ray()
+    servers = run_servers(
+        model_path, requests, args.max_tokens, args.max_batch_size, args.batch_wait_ms, args.repeats
     )
-    try:
-        one, two = (
-            run_servers(
-                model_path,
-                requests,
-                args.max_tokens,
-                n,
-                args.max_batch_size,
-                args.batch_wait_ms,
-                args.repeats,
-            )
-            for n in (1, 2)
-        )
-    finally:
-        ray.shutdown()
+    one, two = servers[1], servers[2]
     speedup = two["tokens_per_s"] / one["tokens_per_s"]
     return {
         "requests": args.requests,
@@ -231,14 +258,19 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
         "servers_1": one,
         "servers_2": two,
         "speedup_2_vs_1": round(speedup, 2),
+        # Each round's 2-server figure over the 1-server one just before it: the spread of the speedup.
+        "speedup_2_vs_1_runs": [
+            round(b / a, 2) for a, b in zip(one["tokens_per_s_runs"], two["tokens_per_s_runs"], strict=True)
+        ],
         "speedup_1_vs_inprocess": round(one["tokens_per_s"] / in_process["tokens_per_s"], 2),
         "target": f"speedup_2_vs_1 >= {TARGET_SPEEDUP_2_VS_1}",
         "target_met": speedup >= TARGET_SPEEDUP_2_VS_1,
     }
 
 
-def _reflect_rows(n_unsafe: int, n_safe: int, tokenizer: Any, processor: Any, workdir: Path) -> list[dict]:
-    """Dataset rows (through QISafeDataset, as training sees them) with the wanted label mix."""
+def _reflect_prompts(n: int, tokenizer: Any, processor: Any, workdir: Path) -> list[dict]:
+    """`n` dataset rows (through QISafeDataset, as training sees them): the ONE prompt set that the
+    baseline and every arm run, so arms differ in what is flagged, never in what is generated from."""
     from omegaconf import OmegaConf
 
     from saferl.data.dataset import QISafeDataset
@@ -249,30 +281,86 @@ def _reflect_rows(n_unsafe: int, n_safe: int, tokenizer: Any, processor: Any, wo
         {"max_prompt_length": 2048, "filter_overlong_prompts_workers": None, "cache_dir": str(workdir)}
     )
     dataset = QISafeDataset(str(workdir / "train.parquet"), tokenizer, cfg, processor=processor)
-    rows = [dataset[i] for i in range(len(dataset))]
-    unsafe = [r for r in rows if r["safety_label"] == "unsafe"]
-    safe = [r for r in rows if r["safety_label"] == "safe"]
-    return unsafe[:n_unsafe] + safe[:n_safe]
+    return [dataset[i % len(dataset)] for i in range(n)]
+
+
+def flag_unsafe(rows: list[dict], fraction: float) -> list[dict]:
+    """Copies of `rows` with `safety_label` "unsafe" on round(fraction x n) of them, evenly spread, and
+    "safe" on the rest; prompts, images and categories are untouched.
+
+    Why this sets f: the rule judge reads the row's label, and the untrained tiny model never refuses,
+    so a response to an "unsafe" row is judged unsafe and reflects, one to a "safe" row is not. Every
+    row keeps its policy category, so a flagged row gets the category's reflection text."""
+    n = len(rows)
+    k = round(fraction * n)
+    flagged = {int(j * n / k) for j in range(k)} if k else set()
+    return [{**row, "safety_label": "unsafe" if i in flagged else "safe"} for i, row in enumerate(rows)]
+
+
+def _reflect_round(worker: Any, manager: Any, rows: list[dict]) -> dict[str, Any]:
+    """One timed `generate_sequences` over `rows`, with what the servers did during it.
+
+    `model_tokens` is the servers' own count of generated tokens (attempts and corrections alike), not
+    the response mask: with `reinforce: correction_only` the mask zeroes a reflected trajectory's first
+    attempt, so its sum stays flat while the work grows with f."""
+    from verl import DataProto
+    from verl.utils.dataset.rl_dataset import collate_fn
+
+    batch = DataProto.from_single_dict(collate_fn(rows))
+    before = manager.stats()
+    start = time.perf_counter()
+    out = asyncio.run(worker.generate_sequences(batch))
+    wall = time.perf_counter() - start
+    after = manager.stats()
+    pairs = list(zip(after, before, strict=True))
+    return {
+        "wall_s": wall,
+        "model_tokens": sum(a["generated_tokens"] - b["generated_tokens"] for a, b in pairs),
+        "generate_calls": sum(a["requests"] - b["requests"] for a, b in pairs),
+        "reflected": int(sum(bool(x) for x in out.non_tensor_batch["reflected"])),
+        "response_mask_tokens": int(out.batch["response_mask"].sum()),
+    }
+
+
+def _reflect_arm(rounds: list[dict[str, Any]], flagged: int, samples: int) -> dict[str, Any]:
+    """An arm's figures over its repeats: medians, and the spread that says how far to trust them."""
+    walls = [r["wall_s"] for r in rounds]
+    wall = statistics.median(walls)
+    return {
+        "flagged_unsafe": flagged,
+        "samples": samples,
+        "wall_s": round(wall, 3),
+        "wall_s_runs": [round(w, 3) for w in walls],
+        # (max - min) / median over the repeats: the run-to-run noise this figure carries.
+        "spread_pct": round(100 * (max(walls) - min(walls)) / wall, 1),
+        "model_tokens": int(statistics.median(r["model_tokens"] for r in rounds)),
+        "model_tokens_runs": [r["model_tokens"] for r in rounds],
+        "generate_calls": int(statistics.median(r["generate_calls"] for r in rounds)),
+        "reflected": int(statistics.median(r["reflected"] for r in rounds)),
+        "response_mask_tokens": int(statistics.median(r["response_mask_tokens"] for r in rounds)),
+    }
 
 
 def bench_reflection(args: argparse.Namespace) -> dict[str, Any]:
     """Wall time of a `safe_reflect` rollout in which a fraction f of samples reflect, against f = 0.
 
     verl's AgentLoopWorker drives the loop on 2 Ray-hosted actors; the safety judge is the rule judge.
-    The untrained tiny model never refuses, so exactly the unsafe prompts reflect: f is set by the
-    label mix. Every turn is capped at --max-tokens, so a correction costs what an attempt costs and
-    the ideal wall is (1 + f) x the f = 0 wall; the target allows 5% over that.
+    Every arm, the baseline included, runs the SAME prompts; f is the fraction flagged unsafe
+    (`flag_unsafe`), so an arm's extra wall is the reflections' and nothing else. Every turn is capped at
+    --max-tokens, so a correction costs about what an attempt costs and the ideal wall is (1 + f) x the
+    f = 0 wall; the target allows 5% over that.
+
+    A round lasts a second or two and a busy 2-core box moves by +-30% from round to round, more than the
+    margin to the bound, so the arms are interleaved (repeat r runs f = 0, then each f, back to back) and
+    `ratio_to_f0` is the median over repeats of each repeat's own ratio: load that drifts over the run
+    hits both sides of a ratio alike. One untimed round at the largest f first warms the servers and the
+    loop (first batches, lazy imports, the judge).
     """
-    import asyncio
-    import statistics
     import tempfile
 
-    import ray
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
-    from verl import DataProto
     from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
-    from verl.utils.dataset.rl_dataset import collate_fn
 
     from rewards.rubric import load_reward_config
     from rollout.reflect_loop import load_rollout_config
@@ -283,6 +371,7 @@ def bench_reflection(args: argparse.Namespace) -> dict[str, Any]:
     model_path = ensure_tiny_model()
     processor, _ = load_vlm(model_path)
     n = args.requests
+    fractions = [0.0, *(f for f in args.reflect_fractions if f != 0)]
     with initialize_config_module("verl.trainer.config", version_base=None):
         cfg = compose(
             "ppo_trainer",
@@ -303,12 +392,7 @@ def bench_reflection(args: argparse.Namespace) -> dict[str, Any]:
         "rollout": load_rollout_config(overrides=[f"turn_max_tokens={args.max_tokens}"]),
     }
 
-    ray.init(
-        num_cpus=os.cpu_count() or 2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _system_config=dict(RAY_SYSTEM_CONFIG),
-    )
+    _ensure_ray()
     manager = HFServerManager.start(
         str(model_path),
         num_servers=2,
@@ -316,35 +400,33 @@ def bench_reflection(args: argparse.Namespace) -> dict[str, Any]:
         max_batch_size=args.reflect_batch_size,
         batch_wait_ms=args.batch_wait_ms,
     )
-    results: dict[str, Any] = {}
+    rounds: dict[float, list[dict[str, Any]]] = {f: [] for f in fractions}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            worker = AgentLoopWorker(cfg, llm_client=manager)
-            for f in (0.0, *args.reflect_fractions):
-                rows = _reflect_rows(
-                    round(f * n), n - round(f * n), processor.tokenizer, processor, Path(tmp)
+            prompts = _reflect_prompts(n, processor.tokenizer, processor, Path(tmp))
+        arms = {f: flag_unsafe(prompts, f) for f in fractions}
+        worker = AgentLoopWorker(cfg, llm_client=manager)
+        warm = _reflect_round(worker, manager, arms[fractions[-1]])
+        progress(f"reflection: warm-up round (f={fractions[-1]:g}, untimed) {warm['wall_s']:.2f} s")
+        for r in range(args.repeats):
+            for f in fractions:
+                result = _reflect_round(worker, manager, arms[f])
+                rounds[f].append(result)
+                progress(
+                    f"reflection: repeat {r + 1}/{args.repeats} f={f:g}: {result['wall_s']:.2f} s, "
+                    f"{result['model_tokens']} model tokens, {result['reflected']}/{n} reflected"
                 )
-                walls, reflected, tokens = [], 0, 0
-                for _ in range(args.repeats):
-                    batch = DataProto.from_single_dict(collate_fn(rows))
-                    start = time.perf_counter()
-                    out = asyncio.run(worker.generate_sequences(batch))
-                    walls.append(time.perf_counter() - start)
-                    reflected = int(sum(bool(x) for x in out.non_tensor_batch["reflected"]))
-                    tokens = int(out.batch["response_mask"].sum())
-                results[f"f={f:g}"] = {
-                    "wall_s": round(statistics.median(walls), 3),
-                    "reflected": reflected,
-                    "samples": n,
-                    "model_tokens": tokens,
-                }
     finally:
         manager.shutdown()
-        ray.shutdown()
-    base = results["f=0"]["wall_s"]
-    for f in args.reflect_fractions:
+    results: dict[str, Any] = {f"f={f:g}": _reflect_arm(rounds[f], round(f * n), n) for f in fractions}
+    base, base_rounds = results["f=0"], rounds[0.0]
+    for f in fractions[1:]:
         entry = results[f"f={f:g}"]
-        entry["ratio_to_f0"] = round(entry["wall_s"] / base, 3)
+        ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(rounds[f], base_rounds, strict=True)]
+        entry["ratio_to_f0"] = round(statistics.median(ratios), 3)
+        entry["ratio_to_f0_runs"] = [round(x, 3) for x in ratios]
+        entry["ratio_of_medians"] = round(entry["wall_s"] / base["wall_s"], 3)
+        entry["tokens_ratio_to_f0"] = round(entry["model_tokens"] / max(base["model_tokens"], 1), 3)
         entry["bound"] = round((1 + f) * 1.05, 3)
         entry["target_met"] = entry["ratio_to_f0"] <= entry["bound"]
     return {
@@ -352,6 +434,8 @@ def bench_reflection(args: argparse.Namespace) -> dict[str, Any]:
         "max_batch_size": args.reflect_batch_size,
         "turn_max_tokens": args.max_tokens,
         "repeats": args.repeats,
+        "order": "interleaved: each repeat runs " + ", ".join(f"f={f:g}" for f in fractions),
+        "model_tokens_source": "servers' generated_tokens (HFGenerationServer.stats)",
         **results,
     }
 
@@ -365,8 +449,11 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "throughput": bench_throughput,
     "reflection": bench_reflection,
 }
-# `--quick`'s defaults.
-QUICK = {"requests": 32, "repeats": 2, "reflect_fractions": [0.5]}
+# `--quick`'s defaults: 3 repeats, as a median of 2 is a mean that one slow round drags.
+QUICK = {"requests": 32, "repeats": 3, "reflect_fractions": [0.5]}
+# How long runs took on the 2-core box, printed at the start so whoever runs it knows what to expect:
+# (seconds, 1-minute load average at the time). Time grows with the load: other work slows every actor.
+MEASURED_S: dict[str, tuple[float, float]] = {"quick": (230, 19), "full": (310, 20)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -419,23 +506,66 @@ def headline(figures: dict[str, Any]) -> list[Row]:
         ]
     if "reflection" in figures:
         r = figures["reflection"]
-        rows.append(("reflection wall, f=0 (s)", r["f=0"]["wall_s"], ""))
+        base = r["f=0"]
+        rows.append(
+            (
+                "reflection wall, f=0 (s)",
+                base["wall_s"],
+                f"median of {r['repeats']}, spread {base['spread_pct']:g}%",
+            )
+        )
         for key, entry in r.items():
             if key.startswith("f=") and key != "f=0":
-                rows.append(
+                rows += [
                     (
                         f"reflection wall, {key} / f=0",
                         entry["ratio_to_f0"],
                         target(entry["ratio_to_f0"], "<=", entry["bound"]),
-                    )
-                )
+                    ),
+                    (
+                        f"reflection model tokens, {key} / f=0",
+                        entry["tokens_ratio_to_f0"],
+                        f"{entry['model_tokens']} vs {base['model_tokens']}",
+                    ),
+                ]
     return rows
 
 
+def expected_run() -> str:
+    """What a run should take, from `MEASURED_S`, beside the load now: the figures were taken with two
+    training runs and tests sharing the 2 cores, so a quieter box should beat them (the previous version
+    of this benchmark, which started more actors, did --quick in 57 s at a load of 1 to 3.6)."""
+    (quick_s, quick_load), (full_s, full_load) = MEASURED_S["quick"], MEASURED_S["full"]
+    return (
+        f"measured: a full run ~{full_s / 60:.0f} min (load {full_load:g}), --quick ~{quick_s:.0f} s "
+        f"(load {quick_load:g}); load now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the chosen sections, each reported (stderr) as soon as it ends, then the table and the JSON."""
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result = {name: fn(args) for name, fn in SECTIONS.items() if not args.only or name in args.only}
+    names = [name for name in SECTIONS if not args.only or name in args.only]
+    progress(f"{', '.join(names)}; {expected_run()}")
+    start = time.perf_counter()
+    result: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    try:
+        for name in names:
+            section_start = time.perf_counter()
+            result[name] = SECTIONS[name](args)
+            seconds[name] = round(time.perf_counter() - section_start, 1)
+            rows = [("cpu_rollout", *row) for row in headline({name: result[name]})]
+            progress(f"{name} done in {seconds[name]:g} s\n{table(rows, HEADER)}")
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    elapsed = round(time.perf_counter() - start, 1)
+    progress(f"done in {elapsed:g} s ({', '.join(f'{k} {v:g} s' for k, v in seconds.items())})")
+    result["run"] = {"quick": args.quick, "section_s": seconds, "total_s": elapsed}
     return emit("cpu_rollout", result, headline(result))
 
 
