@@ -66,7 +66,8 @@ install_requires = [
     "numpy",
     "tqdm",
     "psutil",  # the physical core count transfer_queue caps its threads at (saferl/launch.py)
-    "httpx>=0.27",  # the OpenAI-compatible judge client
+    "aiohttp>=3.9",  # the OpenAI-compatible judge client (rewards/judges/chat_client.py)
+    "httpx>=0.27",  # the dry run's endpoint checks (saferl/preflight.py)
     "matplotlib>=3.7",  # the evaluation report's plots (PNG, Agg backend: no display needed)
     # SRPO (PST's preference stage) trains through TRL's DPOTrainer (its vision collator is what
     # tests/test_srpo.py checks the prompt against). Not 1.13+: once TRL is installed, verl's FSDP engine

@@ -11,6 +11,7 @@ the benchmark get well-formed, deterministic verdicts.
   `benchmarks.judge_client`, so the server's CPU does not count as the client's).
 - `script([...])` queues one behaviour per request: `{"content": text}`, `{"status": 503}`,
   `{"hang": seconds}` (then answers as the default grader), `{"drop": True}` (closes the connection).
+- `GET /stats`: the most requests held at once (`?reset=1` starts counting again), for the benchmark.
 - `responder(body) -> text` replaces the default grader: the same server then stands in for another model
   at an OpenAI-compatible endpoint (SRPO's adversarial generator).
 - `mode="obedient"` is the worst-case judge that follows instructions injected into the response: any
@@ -145,7 +146,16 @@ class FakeJudgeServer:
         app = web.Application(client_max_size=64 * 1024**2)
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/stats", self._stats)
         return app
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        """The most requests it has held at once (`?reset=1`: then start counting again): the in-flight
+        figure `benchmarks.judge_client` reports, seen where it matters, at the server."""
+        stats = {"concurrent_max": self.concurrent_max, "inflight": self._inflight}
+        if request.query.get("reset"):
+            self.concurrent_max = self._inflight
+        return web.json_response(stats)
 
     async def _models(self, request: web.Request) -> web.Response:
         """The model list a `vllm serve` endpoint answers (what the training dry run probes)."""

@@ -19,6 +19,7 @@ from judge_server import FakeJudgeServer
 from PIL import Image
 
 from rewards.judge import JudgeInput, JudgeVerdict
+from rewards.judges.chat_client import IMAGE_CACHE, ImageCache, encode_image
 from rewards.judges.openai import OpenAIJudge
 from rewards.rubric import Rubric, load_reward_config, rubric_from_config
 
@@ -156,6 +157,86 @@ def test_unreadable_image_fails_that_sample_without_a_request(
     assert len(server.requests) == 1 and judge.stats["failures"] == 1
 
 
+# -- image encoding: once per image, off the event loop -----------------------------------------------------
+
+
+def test_a_group_sharing_an_image_encodes_it_once(server: FakeJudgeServer, rubric: Rubric) -> None:
+    """A GRPO group's n responses show one image: one encoding for all of them, one URL in every body."""
+    IMAGE_CACHE.clear()
+    first, second = png(300, 120), png(120, 300)
+    # The second group's bytes are equal but separate objects (rows decoded one by one): still one entry.
+    copies = [bytes(bytearray(second)) for _ in range(4)]
+    inputs = [item(i, image=first) for i in range(4)] + [item(4 + i, image=copies[i]) for i in range(4)]
+    verdicts = run(make_judge(rubric, server.base_url, image_max_side=100), inputs)
+    assert not any(v.failed for v in verdicts)
+    assert IMAGE_CACHE.stats["encodes"] == 2
+    urls = [user_parts(r)[0]["image_url"]["url"] for r in server.requests]
+    assert len(set(urls)) == 2
+    assert urls.count(encode_image(first, 100)) == 4  # and the sync path finds the same entry
+    assert IMAGE_CACHE.stats["encodes"] == 2
+    # A different size is a different encoding.
+    assert encode_image(first, 50) != encode_image(first, 100) and IMAGE_CACHE.stats["encodes"] == 3
+
+
+def test_concurrent_asks_for_one_image_share_one_encoding() -> None:
+    cache = ImageCache()
+    data = png(640, 480)
+
+    async def go() -> list[str]:
+        return await asyncio.gather(*(cache.aencode(data, 128) for _ in range(8)))
+
+    urls = asyncio.run(go())
+    assert len(set(urls)) == 1 and cache.stats["encodes"] == 1
+    assert asyncio.run(cache.aencode(data, 128)) == urls[0] and cache.stats["encodes"] == 1
+
+
+def test_encoding_a_new_image_does_not_block_the_event_loop() -> None:
+    """A miss is encoded on a worker thread: a task scheduled after it runs before it is done. (Run on
+    the loop, the encoding would finish within its first step, before the other task ever ran.)"""
+    cache = ImageCache()
+    order: list[str] = []
+
+    async def encode() -> None:
+        await cache.aencode(png(64, 64), 32)
+        order.append("encoded")
+
+    async def tick() -> None:
+        order.append("tick")
+
+    async def go() -> None:
+        await asyncio.gather(encode(), tick())
+
+    asyncio.run(go())
+    assert order == ["tick", "encoded"] and cache.stats["encodes"] == 1
+
+
+def test_the_image_cache_is_bounded_least_recently_used_first_out() -> None:
+    cache = ImageCache(max_entries=2)
+    a, b, c = png(10, 10), png(11, 10), png(12, 10)
+    cache.encode(a, 64)
+    cache.encode(b, 64)
+    cache.encode(a, 64)  # a is now the most recently used
+    cache.encode(c, 64)  # evicts b
+    assert len(cache) == 2 and cache.stats["encodes"] == 3
+    cache.encode(a, 64)
+    assert cache.stats["encodes"] == 3
+    cache.encode(b, 64)  # gone: encoded again
+    assert cache.stats["encodes"] == 4
+
+    small = ImageCache(max_bytes=2 * (len(a) + len(encode_image(a, 64))) + 10)
+    for image in (a, b, c):
+        small.encode(image, 64)
+    assert len(small) == 2  # the byte budget, not the entry count, bounded it
+
+
+def test_an_unreadable_image_is_not_cached() -> None:
+    cache = ImageCache()
+    for _ in range(2):
+        with pytest.raises(Exception, match="cannot identify"):
+            asyncio.run(cache.aencode(b"not an image", 64))
+    assert len(cache) == 0 and cache.stats["encodes"] == 0
+
+
 # -- the API key -------------------------------------------------------------------------------------------
 
 
@@ -251,6 +332,14 @@ def test_400_is_not_retried(server: FakeJudgeServer, rubric: Rubric) -> None:
     [verdict] = run(judge, [item()])
     assert verdict.error.startswith("http 400:")
     assert len(server.requests) == 1 and judge.stats["retries"] == 0
+
+
+def test_a_redirect_is_an_answer_not_followed(server: FakeJudgeServer, rubric: Rubric) -> None:
+    server.script([{"status": 307}])
+    judge = make_judge(rubric, server.base_url, max_retries=3)
+    [verdict] = run(judge, [item()])
+    assert verdict.error is not None and verdict.error.startswith("http 307:")
+    assert len(server.requests) == 1
 
 
 def test_timeout(server: FakeJudgeServer, rubric: Rubric) -> None:

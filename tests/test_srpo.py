@@ -470,7 +470,9 @@ def test_srpo_adversarial_pairs_from_a_generator_stand_in_counted_resumed_and_ke
     key = "sk-generator-secret-0123456789"
     run = tmp_path / "run"
     run.mkdir()
-    with FakeJudgeServer(responder=generator_stand_in(unsafe[0], unsafe[1])) as server:
+    # The faulty rows are the last unsafe ones: requests go out in job order, so the two scripted faults
+    # meet the first jobs, and the reply that is never in the format keeps its own two retries.
+    with FakeJudgeServer(responder=generator_stand_in(unsafe[-1], unsafe[-2])) as server:
         server.script([{"status": 503}, {"drop": True}])  # two transient faults, retried
         args = (
             "saferl.srpo.pairs.sources=[adversarial]",

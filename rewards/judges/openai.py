@@ -5,7 +5,8 @@ deployment choice (`saferl.reward.judge.openai`), not code. What matters for onl
 
 - Throughput: a GRPO step waits for every rollout's score, so requests overlap up to `max_concurrency`
   over one keep-alive connection pool, and the per-request client work (prompt, image, JSON) is done once
-  per input, not per attempt, to keep the client far below the judge's own latency.
+  per input, not per attempt, to keep the client far below the judge's own latency. An image is encoded
+  once for all the inputs that show it (a group's n responses, its reflection checks), off the event loop.
 - Faults: a judge endpoint will drop requests, time out, rate-limit and occasionally answer with something
   that is not a verdict. Transient faults are retried with jittered exponential backoff; what is still
   failing afterwards becomes `JudgeVerdict(error=...)` for that sample only, and `rewards.faults` decides
@@ -28,7 +29,14 @@ from saferl.policies import PolicySet, load_policies
 from ..judge import JudgeInput, JudgeVerdict
 from ..prompt import VerdictError, build_prompt, parse_verdict
 from ..rubric import Rubric
-from .chat_client import ChatClient, ChatFailure, ReplyError, encode_image, request_body
+from .chat_client import (
+    ChatClient,
+    ChatFailure,
+    ReplyError,
+    encode_image,
+    encode_image_async,
+    request_body,
+)
 
 __all__ = ["OpenAIJudge", "encode_image"]
 
@@ -100,8 +108,9 @@ class OpenAIJudge:
             return []
         return list(await asyncio.gather(*(self._judge_one(item) for item in inputs)))
 
-    def _payload(self, item: JudgeInput) -> bytes:
-        """The request body, serialised once per input and resent as-is on retries."""
+    def _payload(self, item: JudgeInput, image_url: str | None = None) -> bytes:
+        """The request body, serialised once per input and resent as-is on retries; `image_url` is
+        `item.image` already encoded (else it is encoded here, through the cache)."""
         prompt = build_prompt(item, self.rubric, self.policies)
         return request_body(
             self.model,
@@ -112,7 +121,14 @@ class OpenAIJudge:
             self.temperature,
             self.max_tokens,
             self.json_mode,
+            image_url=image_url,
         )
+
+    async def _payload_async(self, item: JudgeInput) -> bytes:
+        """`_payload` with the image encoded off the event loop (or taken from the cache): a miss would
+        otherwise hold up every request in flight on this loop for the length of a JPEG encode."""
+        url = None if item.image is None else await encode_image_async(item.image, self.image_max_side)
+        return self._payload(item, image_url=url)
 
     def _verdict(self, content: str) -> JudgeVerdict:
         try:
@@ -123,6 +139,6 @@ class OpenAIJudge:
 
     async def _judge_one(self, item: JudgeInput) -> JudgeVerdict:
         try:
-            return await self.client.complete(lambda: self._payload(item), self._verdict, str(item.id))
+            return await self.client.complete(lambda: self._payload_async(item), self._verdict, str(item.id))
         except ChatFailure as err:
             return JudgeVerdict(error=str(err))

@@ -200,7 +200,9 @@ async def _generate(
             open(cache, "a", encoding="utf-8") as out,
             tqdm(total=len(jobs), desc="adversarial", disable=not progress, unit="reply") as bar,
         ):
-            for next_done in asyncio.as_completed([one(j) for j in jobs]):
+            # Tasks started in job order (as_completed alone puts coroutines in a set, so the order
+            # requests went out in would depend on memory layout, and with it which job meets a fault).
+            for next_done in asyncio.as_completed([asyncio.ensure_future(one(j)) for j in jobs]):
                 job, reply = await next_done
                 bar.update(1)
                 if reply is None:
