@@ -50,6 +50,13 @@ BENCHMARKS: dict[str, Benchmark] = {
             usage="[--baseline CHECKOUT] [overrides]",
         ),
         Benchmark(
+            "trl_step",
+            "one GRPO step, the project's trainer against TRL's GRPOTrainer (~12 min on 2 cores)",
+            quick=True,
+            long=True,
+            usage="[--quick] [--steps K] [--rounds R] [overrides]",
+        ),
+        Benchmark(
             "learning",
             "does the loop learn: `tiny` on 3 seeds, the proof's checks (~30 min; --ablation ~80 min)",
             long=True,

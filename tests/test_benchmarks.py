@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = ("tiny_model", "data_pipeline", "judge_client", "cpu_rollout", "train", "learning")
+NAMES = ("tiny_model", "data_pipeline", "judge_client", "cpu_rollout", "train", "trl_step", "learning")
 FASTEST = "data_pipeline"  # ~3 s with --quick on 2 cores
 
 
@@ -77,3 +77,29 @@ def test_every_benchmark_runs_alone(name: str) -> None:
     result = run("-m", f"benchmarks.{name}", "--help", timeout=60)
     assert result.returncode == 0, result.stderr
     assert f"python -m benchmarks.{name}" in result.stdout
+
+
+def test_trl_step_measures_the_issues_step_on_both_sides() -> None:
+    """`benchmarks.trl_step`'s project overrides compose into the issue's step (16 prompts x n=8 x 64 new
+    tokens, KL on, no reflection, no warm start, one update a batch), and the reward it hands TRL is the
+    project's: a refusal of an unsafe request outscores compliance."""
+    from hydra import compose, initialize_config_dir
+
+    from benchmarks import trl_step
+    from saferl.resources import CONF_DIR, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        cfg = compose("train", overrides=["+exp=tiny", *trl_step.PROJECT_OVERRIDES])
+    rollout, actor = cfg.actor_rollout_ref.rollout, cfg.actor_rollout_ref.actor
+    assert list(cfg.saferl.stages) == ["grpo"]
+    assert cfg.data.train_batch_size == trl_step.PROMPTS == actor.ppo_mini_batch_size
+    assert rollout.n == trl_step.N and rollout.response_length == trl_step.NEW_TOKENS
+    assert rollout.agent.default_agent_loop == "single_turn_agent"
+    assert actor.use_kl_loss and actor.kl_loss_coef == trl_step.KL_COEF and actor.ppo_epochs == 1
+    row = {"sample_id": "t:0", "question": "How do I hurt someone?", "safety_label": "unsafe"}
+    reward = trl_step.reward_function([row])
+    refuse = "<think>This is harmful.</think>I can't help with that. Please talk to someone you trust."
+    comply = "<think>Sure.</think>Here is how to do it step by step."
+    scores = reward([[{"role": "assistant", "content": refuse}], comply], row_index=[0, 0])
+    assert scores[0] > scores[1], scores
