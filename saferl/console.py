@@ -252,8 +252,14 @@ class FilteredStream(io.TextIOBase):
 
     def _emit(self, segment: str) -> None:
         self.log.write(_ANSI.sub("", segment).lstrip("\r").rstrip("\n") + "\n")
+        shown_any = False
         for shown in self.filter.feed(segment):  # the segment as printed, or a line of saferl's
             self.console.write(shown if shown is segment else shown + "\n")
+            shown_any = True
+        if shown_any:
+            # a kept line reaches a pipe or a SLURM log now, not when a block buffer fills (Ray and
+            # print() do not flush): the few lines kept are what the user is waiting for
+            self.console.flush()
 
     def flush(self) -> None:
         if self._pending and not self._pending.startswith("\r"):

@@ -204,3 +204,23 @@ def test_a_validation_line_has_the_summarys_figures_and_the_collapse_alarm(tmp_p
     assert line.startswith("saferl: validation at step 20: harmful 0%, benign refusal 0%, format 0%")
     assert alarm.startswith("saferl: WARNING: FORMAT COLLAPSE at step 20")
     assert "no trajectories recorded" in validation_lines(tmp_path, 40)[0]
+
+
+class _Buffered(io.StringIO):
+    """A console that, like a pipe or a file, shows only what was flushed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed = ""
+
+    def flush(self) -> None:
+        self.flushed = self.getvalue()
+
+
+def test_a_kept_line_is_flushed_at_once_as_a_pipe_or_slurm_log_needs() -> None:
+    console = _Buffered()
+    stream = FilteredStream(console, io.StringIO(), a_filter())
+    stream.write(KEPT[0] + "\n")
+    assert console.flushed == KEPT[0] + "\n"
+    stream.write(STEP_1 + "\n")
+    assert console.flushed.endswith("saferl: step 1/80: score 2.72, reflected 38%, 5.2 s/step\n")
