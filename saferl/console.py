@@ -72,6 +72,10 @@ KNOWN_NOISE: tuple[tuple[str, str], ...] = (
         "handlers): on a busy CPU machine it fires per put or get; the step line's s/step says the same",
     ),
     (
+        "`torch_dtype` is deprecated! Use `dtype` instead!",
+        "transformers' deprecation notice for how verl's workers load the model, not the user's config",
+    ),
+    (
         "No supported accelerator detected",
         "verl's platform probe in a CPU process that never uses an accelerator",
     ),

@@ -79,12 +79,13 @@ def test_every_benchmark_runs_alone(name: str) -> None:
     assert f"python -m benchmarks.{name}" in result.stdout
 
 
-def test_trl_step_measures_the_issues_step_on_both_sides() -> None:
+def test_trl_step_measures_the_issues_step_on_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
     """`benchmarks.trl_step`'s project overrides compose into the issue's step (16 prompts x n=8 x 64 new
     tokens, KL on, no reflection, no warm start, one update a batch), and the reward it hands TRL is the
     project's: a refusal of an unsafe request outscores compliance."""
     from hydra import compose, initialize_config_dir
 
+    monkeypatch.syspath_prepend(str(REPO))  # benchmarks/ is the checkout's, not installed (see `run`)
     from benchmarks import trl_step
     from saferl.resources import CONF_DIR, register_resolvers
 

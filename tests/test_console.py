@@ -32,6 +32,8 @@ NOISE = [
     f"{CYAN}(AgentLoopWorkerTQ pid=21259){RESET} WARNING:2026-12-02 03:36:47,752:[TQ_STORAGE_83019e42]: heavy "
     "put to TQ_STORAGE_UNIT_bf8a2de2 at 192.0.2.2:41781 samples=1 fields=['num_turns'] serialized_mb=0.1 "
     "elapsed=5.21s",
+    f"{CYAN}(WorkerDict pid=28977){RESET} WARNING:2026-12-02 04:43:35,009:`torch_dtype` is deprecated! Use "
+    "`dtype` instead!",
     RUNNER + "{'actor_rollout_ref': {'actor': {'_target_': 'verl.workers.config.FSDPActorConfig',",
     RUNNER + "                                 'calculate_entropy': False,",
     RUNNER + "(\"Initial validation metrics: {'val-core/qi_safe_10k/reward/mean@1': \"",
