@@ -105,11 +105,9 @@ def seconds_per_step(steps: dict[int, dict[str, float]]) -> dict[str, float | No
     }
 
 
-def run_tiny(checkout: Path, overrides: list[str], run_dir: Path | None = None) -> dict[str, object]:
-    """`python -m saferl.train +exp=tiny` in `checkout` (its own code first on the path), measured; in
-    `run_dir` (default: a fresh temporary one)."""
-    run_dir = run_dir or Path(tempfile.mkdtemp(prefix="saferl-bench-")) / "tiny"
-    command = [
+def tiny_command(run_dir: Path, overrides: list[str]) -> list[str]:
+    """The README's `python -m saferl.train +exp=tiny`, writing to `run_dir`, with `overrides`."""
+    return [
         sys.executable,
         "-m",
         "saferl.train",
@@ -117,6 +115,13 @@ def run_tiny(checkout: Path, overrides: list[str], run_dir: Path | None = None) 
         f"trainer.default_local_dir={run_dir}",
         *overrides,
     ]
+
+
+def run_tiny(checkout: Path, overrides: list[str], run_dir: Path | None = None) -> dict[str, object]:
+    """`python -m saferl.train +exp=tiny` in `checkout` (its own code first on the path), measured; in
+    `run_dir` (default: a fresh temporary one)."""
+    run_dir = run_dir or Path(tempfile.mkdtemp(prefix="saferl-bench-")) / "tiny"
+    command = tiny_command(run_dir, overrides)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(checkout), os.environ.get("PYTHONPATH", "")])}
     print(f"running in {checkout}:", " ".join(command), file=sys.stderr, flush=True)
     start = time.perf_counter()

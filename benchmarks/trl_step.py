@@ -55,7 +55,7 @@ from typing import Any
 import psutil
 
 from benchmarks import Row, emit, target
-from benchmarks.train import records
+from benchmarks.train import records, tiny_command
 from saferl.resources import ROOT as REPO_ROOT
 
 PROMPTS = 16  # prompts a step
@@ -97,16 +97,7 @@ def _env() -> dict[str, str]:
 def run_project(steps: int, overrides: list[str]) -> dict[str, Any]:
     """`python -m saferl.train +exp=tiny` for `steps` steps; each step's `timing_s/*` (warm-up included)."""
     run_dir = Path(tempfile.mkdtemp(prefix="saferl-trl-step-")) / "tiny"
-    command = [
-        sys.executable,
-        "-m",
-        "saferl.train",
-        "+exp=tiny",
-        f"trainer.default_local_dir={run_dir}",
-        *PROJECT_OVERRIDES,
-        f"trainer.total_training_steps={steps}",
-        *overrides,
-    ]
+    command = tiny_command(run_dir, [*PROJECT_OVERRIDES, f"trainer.total_training_steps={steps}", *overrides])
     print("project:", " ".join(command[1:]), file=sys.stderr, flush=True)
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL)
